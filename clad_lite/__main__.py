@@ -1,0 +1,3 @@
+from clad_lite.cli import main
+
+raise SystemExit(main())

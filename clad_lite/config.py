@@ -1,0 +1,239 @@
+"""Run profiles: one code path, three sizes.
+
+A *profile* fixes every size and count of a run: data set, frozen encoder, CLaD (stage 1),
+policy (stage 2), the two training loops and the evaluation. The code is the same for all;
+only these numbers change.
+
+==========  ==================================================================================
+``ci``      seconds per stage: used by the tests and by CI (``CLAD_PROFILE=ci``)
+``cpu``     a real lite run on the 2-core CPU machine: minutes to an hour per stage
+``paper``   the paper's sizes and step counts (H = 1024, 25K + 200K steps, batch 128): a GPU
+==========  ==================================================================================
+
+``CLAD_PROFILE`` selects the active profile (default ``cpu``); ``get_profile()`` reads it.
+``apply_overrides(profile, ["stage1.steps=100", ...])`` changes single values, as
+``python -m clad_lite train --set key=value`` does. Every section validates itself: a bad
+name, key or value raises ``ConfigError`` that says which and why.
+
+The model sections (``CLaDConfig``, ``PolicyConfig``) live beside the models in
+``clad_lite.configuration_clad``; the encoder section (``EncoderConfig``) beside the encoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+
+from clad_lite.configuration_clad import MODEL_PRESETS, CLaDConfig, PolicyConfig
+from clad_lite.encoders.config import ENCODER_PRESETS, EncoderConfig
+
+ENV_VAR = "CLAD_PROFILE"
+DEFAULT_PROFILE = "cpu"
+
+# proprioception layouts (see DESIGN.md): the paper's joint angles + velocities, or the
+# 9-D vector of the authors' public code (works on official LIBERO files, which have no
+# joint velocities)
+PROPRIO_LAYOUTS = {
+    "paper": (("joint_states", 7), ("gripper_states", 2), ("joint_vel", 7)),
+    "authors_code": (("gripper_states", 2), ("ee_pos", 3), ("ee_ori_quat", 4)),
+}
+
+
+class ConfigError(ValueError):
+    """A profile name, key or value that is not valid."""
+
+
+def _check(condition: bool, message: str):
+    if not condition:
+        raise ConfigError(message)
+
+
+def _positive(section: str, **values):
+    for name, value in values.items():
+        _check(isinstance(value, (int, float)) and value > 0, f"{section}.{name} must be > 0, got {value!r}")
+
+
+@dataclass
+class DataConfig:
+    """Demonstrations: which tasks, how many, at what image size."""
+
+    suite: str = "libero_10"
+    tasks: tuple[int, ...] = tuple(range(10))
+    demos_per_task: int = 50
+    image_size: int = 128
+    cameras: tuple[str, ...] = ("agentview_rgb", "eye_in_hand_rgb")
+    proprio: str = "paper"
+    root: str = "data"
+    workers: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        from clad_lite.sim import SUITES
+
+        _check(self.suite in SUITES, f"data.suite must be one of {SUITES}, got {self.suite!r}")
+        _check(len(self.tasks) > 0 and len(set(self.tasks)) == len(self.tasks), f"data.tasks must be distinct, got {self.tasks}")
+        _check(all(isinstance(t, int) and 0 <= t < 90 for t in self.tasks), f"data.tasks out of range: {self.tasks}")
+        _positive("data", demos_per_task=self.demos_per_task, image_size=self.image_size, workers=self.workers)
+        _check(self.proprio in PROPRIO_LAYOUTS, f"data.proprio must be one of {sorted(PROPRIO_LAYOUTS)}, got {self.proprio!r}")
+        _check(len(self.cameras) > 0, "data.cameras must name at least one camera")
+
+    @property
+    def proprio_dim(self) -> int:
+        return sum(width for _, width in PROPRIO_LAYOUTS[self.proprio])
+
+    @property
+    def path(self) -> str:
+        """Where this profile's demonstrations live: ``{root}/{suite}``."""
+        return os.path.join(self.root, self.suite)
+
+
+@dataclass
+class TrainConfig:
+    """One training stage: AdamW with linear warmup then cosine decay (paper: lr 3e-4)."""
+
+    steps: int = 25_000
+    batch_size: int = 128
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 1_000
+    grad_clip: float = 1.0
+    checkpoint_every: int = 5_000
+    log_every: int = 50
+    seed: int = 3407  # the authors' seed
+
+    def __post_init__(self):
+        _positive("train", steps=self.steps, batch_size=self.batch_size, lr=self.lr, grad_clip=self.grad_clip,
+                  checkpoint_every=self.checkpoint_every, log_every=self.log_every)
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.warmup_steps < self.steps, f"train.warmup_steps must be in [0, steps), got {self.warmup_steps}")
+
+
+@dataclass
+class EvalConfig:
+    """LIBERO rollouts: the standard protocol (see DESIGN.md)."""
+
+    episodes_per_task: int = 50
+    max_steps: int = 520  # libero_10 (LIBERO's own metric uses 600)
+    warmup_steps: int = 10  # no-op steps with the gripper open before the policy acts
+    replan_every: int = 6  # τ: a chunk is executed open-loop
+    videos_per_task: int = 2
+    workers: int = 2
+    seed: int = 7
+
+    def __post_init__(self):
+        _positive("eval", episodes_per_task=self.episodes_per_task, max_steps=self.max_steps, replan_every=self.replan_every,
+                  workers=self.workers)
+        _check(self.episodes_per_task <= 50, f"eval.episodes_per_task is at most 50 (fixed init states), got {self.episodes_per_task}")
+        _check(self.warmup_steps >= 0 and self.videos_per_task >= 0, "eval.warmup_steps and eval.videos_per_task must be >= 0")
+
+
+@dataclass
+class Profile:
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    clad: CLaDConfig = field(default_factory=CLaDConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    stage1: TrainConfig = field(default_factory=TrainConfig)
+    stage2: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        # the sections must agree on the tensor sizes that flow between them
+        n_cameras = len(self.data.cameras)
+        for model_name, model in (("clad", self.clad), ("policy", self.policy)):
+            _check(model.proprio_dim == self.data.proprio_dim,
+                   f"{model_name}.proprio_dim={model.proprio_dim} but data.proprio={self.data.proprio!r} is {self.data.proprio_dim}-D")
+            _check(model.vision_dim == n_cameras * self.encoder.embed_dim,
+                   f"{model_name}.vision_dim={model.vision_dim} but {n_cameras} cameras x encoder.embed_dim={self.encoder.embed_dim}")
+            _check(model.language_dim == self.encoder.embed_dim,
+                   f"{model_name}.language_dim={model.language_dim} but encoder.embed_dim={self.encoder.embed_dim}")
+        _check(self.clad.horizon == self.policy.horizon == self.eval.replan_every,
+               f"τ must agree: clad.horizon={self.clad.horizon}, policy.horizon={self.policy.horizon}, "
+               f"eval.replan_every={self.eval.replan_every}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _make(name: str, data: DataConfig, stage1: TrainConfig, stage2: TrainConfig, evaluation: EvalConfig) -> Profile:
+    clad, policy = MODEL_PRESETS[name]
+    return Profile(name, data, ENCODER_PRESETS[name], clad, policy, stage1, stage2, evaluation)
+
+
+def _profiles() -> dict[str, Profile]:
+    return {
+        "ci": _make(
+            "ci",
+            DataConfig(tasks=(0, 2), demos_per_task=2, image_size=64, workers=1),
+            TrainConfig(steps=30, batch_size=16, warmup_steps=5, checkpoint_every=10, log_every=5),
+            TrainConfig(steps=30, batch_size=16, warmup_steps=5, checkpoint_every=10, log_every=5),
+            EvalConfig(episodes_per_task=1, max_steps=60, videos_per_task=1, workers=1),
+        ),
+        "cpu": _make(
+            "cpu",
+            DataConfig(demos_per_task=50, image_size=128, workers=2),
+            TrainConfig(steps=6_000, batch_size=64, warmup_steps=300, checkpoint_every=1_000, log_every=50),
+            TrainConfig(steps=20_000, batch_size=64, warmup_steps=500, checkpoint_every=2_000, log_every=50),
+            EvalConfig(episodes_per_task=10, workers=2),
+        ),
+        "paper": _make(
+            "paper",
+            DataConfig(demos_per_task=50, image_size=128, workers=8),
+            TrainConfig(steps=25_000, batch_size=128, warmup_steps=1_000, checkpoint_every=5_000),
+            TrainConfig(steps=200_000, batch_size=128, warmup_steps=2_000, checkpoint_every=20_000),
+            EvalConfig(episodes_per_task=50, workers=8),
+        ),
+    }
+
+
+PROFILE_NAMES = ("ci", "cpu", "paper")
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The named profile, else the one ``$CLAD_PROFILE`` names, else ``cpu``."""
+    if name is None:
+        name = os.environ.get(ENV_VAR, "").strip() or DEFAULT_PROFILE
+    if name not in PROFILE_NAMES:
+        source = "" if name != os.environ.get(ENV_VAR) else f" (from ${ENV_VAR})"
+        raise ConfigError(f"unknown profile {name!r}{source}; expected one of {', '.join(PROFILE_NAMES)}")
+    return _profiles()[name]
+
+
+def _parse_value(text: str, annotation, where: str):
+    """Convert ``text`` to the type a dataclass field declares (int, float, bool, str, tuple[int, ...])."""
+    origin = typing.get_origin(annotation)
+    try:
+        if annotation is bool:
+            lowered = text.lower()
+            _check(lowered in ("true", "false", "1", "0"), f"{where} expects true/false, got {text!r}")
+            return lowered in ("true", "1")
+        if annotation in (int, float, str):
+            return annotation(text)
+        if origin is tuple:
+            item_type = typing.get_args(annotation)[0]
+            return tuple(item_type(part) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise ConfigError(f"{where}: cannot read {text!r} as {getattr(annotation, '__name__', annotation)}") from error
+    raise ConfigError(f"{where}: overriding a field of type {annotation} is not supported")
+
+
+def apply_overrides(profile: Profile, assignments: list[str]) -> Profile:
+    """Return a copy of ``profile`` with ``section.field=value`` assignments applied and validated."""
+    sections = {f.name: getattr(profile, f.name) for f in dataclasses.fields(profile) if f.name != "name"}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        section_name, dot, field_name = key.strip().partition(".")
+        _check(bool(sep) and bool(dot), f"override {assignment!r} must look like section.field=value")
+        _check(section_name in sections, f"unknown section {section_name!r} in {assignment!r}; sections: {sorted(sections)}")
+        section = sections[section_name]
+        hints = typing.get_type_hints(type(section))
+        _check(field_name in hints, f"unknown key {key!r}; {section_name} has {sorted(hints)}")
+        value = _parse_value(text.strip(), hints[field_name], key)
+        try:
+            sections[section_name] = dataclasses.replace(section, **{field_name: value})
+        except ValueError as error:  # the section's own validation
+            raise ConfigError(f"{key}={text}: {error}") from error
+    return Profile(profile.name, **sections)

