@@ -20,6 +20,12 @@ _LAZY = {
     "ForesightPolicy": "clad_lite.policy",
     "CLaDConfig": "clad_lite.configuration_clad",
     "PolicyConfig": "clad_lite.configuration_clad",
+    "Foresight": "clad_lite.clad",
+    "MODEL_PRESETS": "clad_lite.configuration_clad",
+    "ABLATIONS": "clad_lite.configuration_clad",
+    "apply_ablation": "clad_lite.configuration_clad",
+    "parameter_counts": "clad_lite.params",
+    "LiberoEnv": "clad_lite.sim",
     "Profile": "clad_lite.config",
     "get_profile": "clad_lite.config",
 }

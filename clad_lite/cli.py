@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "clad_lite.demos.generate",
     "clad_lite.demos.info",
     "clad_lite.demos.filmstrip",
+    "clad_lite.train",
+    "clad_lite.expert.evaluate",
 ]
 
 

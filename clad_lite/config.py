@@ -27,19 +27,11 @@ import typing
 from dataclasses import dataclass, field
 
 from clad_lite.configuration_clad import MODEL_PRESETS, CLaDConfig, PolicyConfig
+from clad_lite.demos.windows import PROPRIO_MODES, proprio_dim
 from clad_lite.encoders.config import ENCODER_PRESETS, EncoderConfig
 
 ENV_VAR = "CLAD_PROFILE"
 DEFAULT_PROFILE = "cpu"
-
-# proprioception layouts (see DESIGN.md): the paper's joint angles + velocities, or the
-# 9-D vector of the authors' public code (works on official LIBERO files, which have no
-# joint velocities)
-PROPRIO_LAYOUTS = {
-    "paper": (("joint_states", 7), ("gripper_states", 2), ("joint_vel", 7)),
-    "authors_code": (("gripper_states", 2), ("ee_pos", 3), ("ee_ori_quat", 4)),
-}
-
 
 class ConfigError(ValueError):
     """A profile name, key or value that is not valid."""
@@ -76,12 +68,14 @@ class DataConfig:
         _check(len(self.tasks) > 0 and len(set(self.tasks)) == len(self.tasks), f"data.tasks must be distinct, got {self.tasks}")
         _check(all(isinstance(t, int) and 0 <= t < 90 for t in self.tasks), f"data.tasks out of range: {self.tasks}")
         _positive("data", demos_per_task=self.demos_per_task, image_size=self.image_size, workers=self.workers)
-        _check(self.proprio in PROPRIO_LAYOUTS, f"data.proprio must be one of {sorted(PROPRIO_LAYOUTS)}, got {self.proprio!r}")
+        # the paper's joint angles + velocities, or the 9-D vector of the authors' code (see
+        # clad_lite.demos.windows: official LIBERO files have no joint velocities)
+        _check(self.proprio in PROPRIO_MODES, f"data.proprio must be one of {sorted(PROPRIO_MODES)}, got {self.proprio!r}")
         _check(len(self.cameras) > 0, "data.cameras must name at least one camera")
 
     @property
     def proprio_dim(self) -> int:
-        return sum(width for _, width in PROPRIO_LAYOUTS[self.proprio])
+        return proprio_dim(self.proprio)
 
     @property
     def path(self) -> str:
@@ -221,19 +215,25 @@ def _parse_value(text: str, annotation, where: str):
 
 
 def apply_overrides(profile: Profile, assignments: list[str]) -> Profile:
-    """Return a copy of ``profile`` with ``section.field=value`` assignments applied and validated."""
+    """Return a copy of ``profile`` with ``section.field=value`` assignments applied.
+
+    All assignments are collected first and validated together, so their order does not
+    matter (``stage1.steps=40 stage1.warmup_steps=5`` works on a profile whose warmup is 300).
+    """
     sections = {f.name: getattr(profile, f.name) for f in dataclasses.fields(profile) if f.name != "name"}
+    updates: dict[str, dict] = {}
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         section_name, dot, field_name = key.strip().partition(".")
         _check(bool(sep) and bool(dot), f"override {assignment!r} must look like section.field=value")
         _check(section_name in sections, f"unknown section {section_name!r} in {assignment!r}; sections: {sorted(sections)}")
-        section = sections[section_name]
-        hints = typing.get_type_hints(type(section))
+        hints = typing.get_type_hints(type(sections[section_name]))
         _check(field_name in hints, f"unknown key {key!r}; {section_name} has {sorted(hints)}")
-        value = _parse_value(text.strip(), hints[field_name], key)
+        updates.setdefault(section_name, {})[field_name] = _parse_value(text.strip(), hints[field_name], key)
+    for section_name, values in updates.items():
         try:
-            sections[section_name] = dataclasses.replace(section, **{field_name: value})
+            sections[section_name] = dataclasses.replace(sections[section_name], **values)
         except ValueError as error:  # the section's own validation
-            raise ConfigError(f"{key}={text}: {error}") from error
+            changed = ", ".join(f"{section_name}.{k}={v}" for k, v in values.items())
+            raise ConfigError(f"{changed}: {error}") from error
     return Profile(profile.name, **sections)

