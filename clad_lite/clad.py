@@ -59,7 +59,13 @@ from einops import rearrange
 from torch import nn
 
 from clad_lite.configuration_clad import CLaDConfig
-from clad_lite.layers import MLP, AttentionPool, CrossAttentionStack, FiLM
+from clad_lite.layers import (
+    MLP,
+    AttentionPool,
+    CrossAttentionStack,
+    FiLM,
+    record_attention,
+)
 
 CLAD_BATCH_KEYS = ("proprio_past", "proprio", "proprio_future", "vision_past", "vision",
                    "vision_future", "language", "actions_past")
@@ -220,6 +226,34 @@ class CLaD(nn.Module):
         """Eq. 5-10: batch -> z_dyn (B, H)."""
         z_p, z_s = self.transitions(batch, mask_ratio, generator)
         return self.pool(self.cross_modal_attention(z_p, z_s))                        # eq. 10
+
+    @torch.no_grad()
+    def attention_maps(self, batch: dict, mask_ratio: float = 0.0,
+                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The softmax weights of every attention of eq. 7-10 on ``batch`` (for figures).
+
+        Runs ``dynamics`` under ``clad_lite.layers.record_attention`` and returns
+
+            transition_p  (B, transition_depth, heads, N_p, N_p + tau)  eq. 7: keys [P^{t-tau}; A]
+            transition_s  (B, transition_depth, heads, N_s, N_s + tau)  eq. 8: keys [S^{t-tau}; A]
+            cross_modal   (B, cross_depth, heads, N_q, N_k)             eq. 9: p_queries_s: N_p x N_s,
+                          s_queries_p: N_s x N_p, self: (N_p + N_s) x (N_p + N_s), [z_p; z_s] order
+            pool          (B, heads, N_k)                               eq. 10: q_out over those tokens
+            z_dyn         (B, H)                                        the output, for convenience
+
+        Every row of weights sums to 1 over its keys. Outputs of the model are unchanged.
+        """
+        with record_attention(self) as record:
+            z_dyn = self.dynamics(batch, mask_ratio, generator)
+
+        def stack(prefix: str, depth: int) -> torch.Tensor:
+            return torch.stack([record[f"{prefix}.blocks.{i}.attn"] for i in range(depth)], dim=1)
+
+        c = self.config
+        return {"transition_p": stack("transition_p", c.transition_depth),
+                "transition_s": stack("transition_s", c.transition_depth),
+                "cross_modal": stack("cross_modal", c.cross_depth),
+                "pool": record["pool.attn"][:, :, 0], "z_dyn": z_dyn}
 
     def foresight(self, batch: dict, mask_ratio: float | None = None,
                   generator: torch.Generator | None = None) -> Foresight:

@@ -23,6 +23,9 @@ COMMAND_MODULES = [
     "clad_lite.demos.filmstrip",
     "clad_lite.train",
     "clad_lite.expert.evaluate",
+    "clad_lite.evaluate",
+    "clad_lite.bench",
+    "clad_lite.pipeline",
 ]
 
 

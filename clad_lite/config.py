@@ -33,6 +33,22 @@ from clad_lite.encoders.config import ENCODER_PRESETS, EncoderConfig
 ENV_VAR = "CLAD_PROFILE"
 DEFAULT_PROFILE = "cpu"
 
+def project_root() -> str:
+    """The folder holding ``pyproject.toml`` at or above the working directory (the clone),
+    else the working directory itself. Relative output paths of a profile hang off it."""
+    here = os.path.abspath(os.getcwd())
+    for folder in (here, *_parents(here)):
+        if os.path.isfile(os.path.join(folder, "pyproject.toml")) and os.path.isdir(os.path.join(folder, "clad_lite")):
+            return folder
+    return here
+
+
+def _parents(path: str):
+    while (parent := os.path.dirname(path)) != path:
+        yield parent
+        path = parent
+
+
 class ConfigError(ValueError):
     """A profile name, key or value that is not valid."""
 
@@ -79,8 +95,9 @@ class DataConfig:
 
     @property
     def path(self) -> str:
-        """Where this profile's demonstrations live: ``{root}/{suite}``."""
-        return os.path.join(self.root, self.suite)
+        """Where this profile's demonstrations live: ``{root}/{suite}``; a relative root is taken
+        from the project folder, so notebooks (run from ``notebooks/``) find the same data."""
+        return os.path.join(project_root(), self.root, self.suite)
 
 
 @dataclass
@@ -161,7 +178,7 @@ def _profiles() -> dict[str, Profile]:
     return {
         "ci": _make(
             "ci",
-            DataConfig(tasks=(0, 2), demos_per_task=2, image_size=64, workers=1),
+            DataConfig(tasks=(0, 2), demos_per_task=2, image_size=64, workers=1, root="data/ci"),
             TrainConfig(steps=30, batch_size=16, warmup_steps=5, checkpoint_every=10, log_every=5),
             TrainConfig(steps=30, batch_size=16, warmup_steps=5, checkpoint_every=10, log_every=5),
             EvalConfig(episodes_per_task=1, max_steps=60, videos_per_task=1, workers=1),

@@ -10,6 +10,8 @@ Shapes use B = batch, N = query tokens, M = key/value tokens, D = width.
 * ``AttentionBlock``      - pre-LN transformer block (attention + MLP); cross-attention when
                             a context is given (eq. 7-9), self-attention otherwise.
 * ``AttentionPool``       - learnable-query attention pooling (eq. 10).
+* ``record_attention``    - context manager that records the softmax weights of every
+                            ``Attention`` call inside a model (off by default; for figures).
 * ``SinusoidalEmbedding`` - diffusion-step embedding (eq. 22's k).
 * ``MLPResNetBlock``      - residual MLP block of the epsilon-network.
 """
@@ -17,6 +19,7 @@ Shapes use B = batch, N = query tokens, M = key/value tokens, D = width.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +79,16 @@ class Attention(nn.Module):
         k, v = rearrange(self.kv(context), "b m (two h d) -> two b h m d", two=2, h=self.n_heads)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.out(rearrange(y, "b h n d -> b n (h d)"))
+
+    def attention_weights(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) of one call: (B, N, D), (B, M, D) -> (B, heads, N, M).
+
+        The weights ``forward`` applies to the values (before attention dropout); each row
+        sums to 1 over the M keys.
+        """
+        q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.n_heads)
+        k = rearrange(self.kv(context), "b m (two h d) -> two b h m d", two=2, h=self.n_heads)[0]
+        return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
 
 
 class AttentionBlock(nn.Module):
@@ -139,6 +152,54 @@ class AttentionPool(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         q = repeat(self.query, "1 1 d -> b 1 d", b=tokens.shape[0])
         return rearrange(self.attn(q, self.norm(tokens)), "b 1 d -> b d")
+
+
+class AttentionRecord(dict):
+    """Attention weights recorded by ``record_attention``: {module name: (B, heads, N, M)}.
+
+    Each entry holds the weights of the *last* call of that ``Attention`` module (detached,
+    float32); ``calls[name]`` lists every call in order. Names are qualified module names
+    of the recorded model, e.g. ``"transition_p.blocks.0.attn"`` or ``"pool.attn"``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.calls: dict[str, list[torch.Tensor]] = {}
+
+    def _add(self, name: str, weights: torch.Tensor) -> None:
+        weights = weights.detach().float()
+        self.calls.setdefault(name, []).append(weights)
+        self[name] = weights
+
+
+@contextmanager
+def record_attention(model: nn.Module):
+    """Record the softmax weights of every ``Attention`` call inside ``model``.
+
+    ::
+
+        with record_attention(clad) as maps:
+            clad.dynamics(batch)
+        maps["cross_modal.blocks.0.attn"]    # (B, heads, N_p, N_s)
+
+    Yields an ``AttentionRecord`` filled as the model runs. Recording works through forward
+    hooks that recompute the weights from each call's inputs
+    (``Attention.attention_weights``), so outputs are unchanged and nothing is recorded
+    (or computed) outside the ``with`` block: recording is off by default.
+    """
+    record = AttentionRecord()
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, Attention):
+            def hook(module, args, kwargs, output, name=name):
+                with torch.no_grad():
+                    record._add(name, module.attention_weights(*args, **kwargs))
+            handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    try:
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class SinusoidalEmbedding(nn.Module):

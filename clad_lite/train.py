@@ -420,14 +420,14 @@ def plot_log(run_dir) -> Path | None:
         rows = list(csv.DictReader(handle))
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a bare Figure (no pyplot): drawing it neither needs nor switches a backend, so training
+    # from a notebook leaves its inline figures alone
+    from matplotlib.figure import Figure
 
     steps = [int(r["step"]) for r in rows]
     loss_keys = [k for k in rows[0] if k not in ("step", "lr", "wall_time", "grad_norm", "mask_ratio")]
-    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig = Figure(figsize=(7, 5.5))
+    ax, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     for key in loss_keys:
         values = [float(r[key]) for r in rows]
         ax.plot(steps, values, label=key, linewidth=2.0 if key == "loss" else 1.0)
@@ -445,7 +445,6 @@ def plot_log(run_dir) -> Path | None:
     out = run_dir / CURVE_NAME
     tmp = run_dir / f".{CURVE_NAME}.{os.getpid()}.tmp.png"
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     os.replace(tmp, out)
     return out
 

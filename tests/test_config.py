@@ -88,3 +88,14 @@ def test_overrides_are_validated_together_whatever_their_order():
     assert (profile.stage1.steps, profile.stage1.warmup_steps) == (40, 5)
     with pytest.raises(ConfigError, match="warmup_steps"):
         apply_overrides(get_profile("cpu"), ["stage1.steps=40"])  # warmup 300 >= 40
+
+
+def test_data_path_is_anchored_at_the_project_root(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    profile = get_profile("ci")
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root / "notebooks")
+    assert Path(profile.data.path) == root / "data" / "ci" / "libero_10"
+    monkeypatch.chdir(tmp_path)  # outside any clone: relative to the working directory
+    assert Path(profile.data.path) == tmp_path / "data" / "ci" / "libero_10"

@@ -59,4 +59,4 @@ def make_expert(env, rng: np.random.Generator) -> ScriptedExpert:
     return ScriptedExpert(env, rng)
 
 
-__all__ = ["make_expert", "ScriptedExpert", "UnsupportedTaskError", "SUPPORTED"]
+__all__ = ["SUPPORTED", "ScriptedExpert", "UnsupportedTaskError", "make_expert"]

@@ -8,6 +8,11 @@ primitives:
   target's kind (open container, region on a table or a stove, plate, drawer, microwave);
 * ``(close articulated)``       -> :func:`close_drawer` / :func:`close_door`.
 
+Order: switches first, then placements in goal order, then closing (a drawer or door is closed
+over what was put inside). Before a top-down grasp, a tall object standing where the open hand
+has to go is moved aside (:func:`clear_hand_footprint`); objects bound for a microwave are taken
+by the handle (:func:`place_through_front`).
+
 Per-object knowledge (grasp point, allowed grasp yaws, release height) lives in the small
 ``GRASPS`` table, per-fixture knowledge in the placement/closing functions, so a new LIBERO
 suite mostly needs new table rows, not new plans.
@@ -19,9 +24,21 @@ import re
 
 import numpy as np
 
-from .control import GRIPPER_CLOSED, GRIPPER_OPEN, gripper_down, min_jerk, rot_x
-from .primitives import (FAST, SLOW, Scene, clearance_yaw, hold, move, nearest_grasp_yaw, open_gripper, pause, pick,
-                         place, push)
+from .control import GRIPPER_CLOSED, GRIPPER_OPEN, gripper_down, min_jerk
+from .primitives import (
+    FAST,
+    SLOW,
+    Scene,
+    clearance_yaw,
+    hold,
+    move,
+    nearest_grasp_yaw,
+    open_gripper,
+    pause,
+    pick,
+    place,
+    push,
+)
 
 PI = np.pi
 
@@ -31,28 +48,31 @@ def category(name: str) -> str:
     return re.sub(r"_\d+$", "", name)
 
 
-# grasp specs per object category:
+# grasp specs per object category (measured from the objects' collision geoms):
 #   yaws: candidate grasp yaws relative to the object's own yaw (None: world yaws, symmetric object)
+#   world_yaws / world_offset: the same in the world frame (symmetric objects such as a bowl)
 #   offset: grip point relative to the body origin, in the object's yaw frame
-#   lift: lift height after closing
+#   lift: lift height after closing; precise: servo the xy error out before the final descent
+#   rim: pinch a cup wall (centre, radius, height in the object frame; handle direction)
+#   handle: grip point and yaw on a handle (used where the hand cannot go above the target)
 GRASPS = {
-    "alphabet_soup": dict(yaws=None, offset=(0.0, 0.0, 0.005)),
-    "tomato_sauce": dict(yaws=None, offset=(0.0, 0.0, 0.005)),
-    "cream_cheese": dict(yaws=(0.0, PI), offset=(0.0, 0.0, 0.0)),
-    "butter": dict(yaws=(0.0, PI), offset=(0.0, 0.0, 0.0)),
+    "alphabet_soup": {"yaws": None, "offset": (0.0, 0.0, 0.005)},
+    "tomato_sauce": {"yaws": None, "offset": (0.0, 0.0, 0.005)},
+    "cream_cheese": {"yaws": (0.0, PI), "offset": (0.0, 0.0, 0.0)},
+    "butter": {"yaws": (0.0, PI), "offset": (0.0, 0.0, 0.0)},
     # moka pot: fingers across the 6.8 cm body (object x), below the lid knob
-    "moka_pot": dict(yaws=(PI / 2, -PI / 2), offset=(0.0, 0.0, 0.03)),
+    "moka_pot": {"yaws": (PI / 2, -PI / 2), "offset": (0.0, 0.0, 0.03), "precise": True},
     # bowl: pinch the rim wall with the fingers along world x (offset to the rim, world frame)
-    "akita_black_bowl": dict(world_yaws=(PI / 2,), world_offset=(0.047, 0.0, 0.043)),
+    "akita_black_bowl": {"world_yaws": (PI / 2,), "world_offset": (0.047, 0.0, 0.043)},
     # mugs are wider than the open gripper: pinch the cup wall, fingers radial, away from the
     # handle (cup centre / grip radius / grip height in the object frame; handle direction)
-    "porcelain_mug": dict(rim=dict(center=(0.0125, 0.0), radius=0.041, z=0.08, handle=PI)),
-    "white_yellow_mug": dict(rim=dict(center=(-0.0185, 0.0), radius=0.044, z=0.076, handle=0.0),
+    "porcelain_mug": {"rim": {"center": (0.0125, 0.0), "radius": 0.041, "z": 0.08, "handle": PI}},
+    "white_yellow_mug": {"rim": {"center": (-0.0185, 0.0), "radius": 0.044, "z": 0.076, "handle": 0.0},
                              # by the handle's outer bar (object +x), fingers across it (object y)
-                             handle=dict(offset=(0.063, 0.0, 0.068), yaw=0.0)),
-    "chocolate_pudding": dict(yaws=(0.0, PI), offset=(0.0, 0.0, 0.0)),
+                             "handle": {"offset": (0.063, 0.0, 0.068), "yaw": 0.0}},
+    "chocolate_pudding": {"yaws": (0.0, PI), "offset": (0.0, 0.0, 0.0)},
     # a standing book: pinch its top edge across the 2.8 cm thickness (object x)
-    "black_book": dict(yaws=(PI / 2, -PI / 2), offset=(0.0, -0.012, 0.112), lift=0.10),
+    "black_book": {"yaws": (PI / 2, -PI / 2), "offset": (0.0, -0.012, 0.112), "lift": 0.10},
 }
 WORLD_YAWS = (0.0, PI / 4, -PI / 4, PI / 2)
 
@@ -114,10 +134,12 @@ def pick_object(sc: Scene, obj: str, by_handle: bool = False):
         yield from pick(sc, obj, yaw=yaw, offset=sides[0], lift=spec.get("lift", 0.15), world_offset=True)
         return
     yield from clear_hand_footprint(sc, obj, yaw, sc.pos(obj)[2] + spec.get("offset", (0, 0, 0))[2])
-    yield from pick(sc, obj, yaw=yaw, offset=spec.get("offset", (0, 0, 0)), lift=spec.get("lift", 0.15))
+    precise = spec.get("precise", False)
+    yield from pick(sc, obj, yaw=yaw, offset=spec.get("offset", (0, 0, 0)), lift=spec.get("lift", 0.15),
+                    precise=precise, jitter=0.0 if precise else 0.004)
 
 
-def hand_blockers(sc: Scene, obj: str, yaw: float, grip_z: float, along: float = 0.11, across: float = 0.05):
+def hand_blockers(sc: Scene, obj: str, yaw: float, grip_z: float, along: float = 0.105, across: float = 0.04):
     """Tall objects that the open hand would hit when grasping ``obj`` at this yaw: the Panda
     hand spans ~+-10 cm along the finger axis and starts ~2.3 cm above the grip site."""
     p = sc.pos(obj)[:2]
@@ -142,25 +164,29 @@ def clear_hand_footprint(sc: Scene, obj: str, yaw: float, grip_z: float):
     """Move a tall object that stands where the hand has to go: grasp it high, shift it a few
     centimetres away along the finger axis, set it down (what a demonstrator does too)."""
     for blocker, along in hand_blockers(sc, obj, yaw, grip_z)[:1]:
+        sc.tempo = min(sc.tempo * 1.2, 1.35)  # extra work: the demonstrator hurries a little
         lo, hi = sc.extent(blocker)
         r = 0.5 * max(hi[0] - lo[0], hi[1] - lo[1])
         axis = np.array([np.sin(yaw), -np.cos(yaw)]) * np.sign(along)
-        shift = 0.11 + r - abs(along) + 0.02
+        shift = 0.105 + r - abs(along) + 0.02
         others = [sc.extent(o) for o in sc.problem.obj_body_id if o not in (blocker, obj) and o in sc.problem.objects_dict]
+        goal_objects = [g[1] for g in _targets(sc.problem.parsed_problem["goal_state"]) if g[0] in ("in", "on")]
         best, best_score = None, -np.inf
         for turn in (0.0, 0.5, -0.5, 0.9, -0.9):
             c, s_ = np.cos(turn), np.sin(turn)
             direction = np.array([c * axis[0] - s_ * axis[1], s_ * axis[0] + c * axis[1]])
             dest = sc.pos(blocker)[:2] + direction * shift / max(c, 0.5)
             clear = min([np.linalg.norm(np.maximum(0, np.maximum(b[0][:2] - dest, dest - b[1][:2]))) for b in others] + [0.2])
-            score = min(clear - r, 0.05) - 0.01 * abs(turn)
+            # and keep out of the way of the objects still to be grasped (their hands need ~12 cm)
+            pending = min([np.linalg.norm(sc.pos(o)[:2] - dest) for o in goal_objects if o != obj] + [0.3])
+            score = min(clear - r, 0.05) + min(pending - 0.16, 0.0) - 0.01 * abs(turn)
             if score > best_score:
                 best, best_score = dest, score
         g_yaw = clearance_yaw(sc, blocker, WORLD_YAWS)
         grip = hi[2] - 0.04 - sc.pos(blocker)[2]
-        yield from pick(sc, blocker, yaw=g_yaw, offset=(0.0, 0.0, grip), lift=0.02, world_offset=True)
+        yield from pick(sc, blocker, yaw=g_yaw, offset=(0.0, 0.0, grip), lift=0.015, world_offset=True, approach=0.06)
         target = np.array([best[0], best[1], sc.pos(blocker)[2] + 0.003])
-        yield from place(sc, blocker, target, carry_z=sc.eef_pos[2], jitter=0.0, retreat=0.06)
+        yield from place(sc, blocker, target, carry_z=sc.eef_pos[2], jitter=0.0, retreat=0.05)
 
 
 # ====================================================================== placements
@@ -271,7 +297,7 @@ def place_in_slot(sc: Scene, obj: str, region: str):
 
 
 def place_in_drawer(sc: Scene, obj: str, region: str):
-    """Lower into an open drawer, at its front half (the back half is still under the cabinet)."""
+    """Lower into an open drawer, centred in it (it must clear the drawer's front wall)."""
     c = sc.pos(region)
     half = sc.site_size(region)
     lo, _ = sc.extent(obj)
@@ -306,10 +332,10 @@ def _door_joint(sc: Scene, fixture: str) -> str:
 
 
 def place_through_front(sc: Scene, obj: str, region: str):
-    """Into a box open at the front (-y), hand never under its top: turn the held mug so its
-    handle points at the robot, slide it in horizontally just above the floor, release at the
-    opening, then poke it deeper with the closed fingers, gripper pointing +y."""
-    parent = _parent(sc, region)
+    """Into a box open at the front (-y) whose top the hand must never go under (a microwave):
+    the mug is held by its handle; turn it so the handle points at the robot, slide it in
+    horizontally just above the floor, release it in the opening, then poke it deeper with the
+    closed fingers leaning forward (the hand stays in front of the opening's top edge)."""
     c, half = sc.pos(region), sc.site_size(region)
     front = c[1] - half[1]  # the opening's plane is about here
     floor = c[2] - half[2] + 0.01
@@ -431,15 +457,15 @@ def close_door(sc: Scene, fixture: str, radius: float = 0.13):
     jid = sc.sim.model.joint_name2id(joint)
     hinge = np.asarray(sc.sim.data._data.xanchor[jid]).copy()
     q0 = sc.joint(joint)
-    lo_q, hi_q = sc.sim.model.jnt_range[jid]
+    hi_q = sc.sim.model.jnt_range[jid][1]
     # door direction angle in the world at q: measured now from the door body's geoms
     body = sc.sim.model.body_id2name(sc.sim.model.jnt_bodyid[jid])
     boxes = sc.geom_boxes(body)
     far = max(boxes, key=lambda b: np.linalg.norm((b[0][:2] + b[1][:2]) / 2 - hinge[:2]))
     d = (far[0][:2] + far[1][:2]) / 2 - hinge[:2]
     ang0 = np.arctan2(d[1], d[0])
-    sign = 1.0 if hi_q > 0.5 * (lo_q + hi_q) and q0 < hi_q else 1.0
-    closing = sign * (hi_q - q0)  # door angle still to go (closed = upper joint limit)
+    # LIBERO's microwave: closed = the upper joint limit, and q grows with the door's world angle
+    closing = hi_q - q0  # door angle still to go
     z = hinge[2] + sc.jitter(0.01, 1)[0]
     offset = 0.045  # from the door's centre line to the pushing finger, on the outer side
 

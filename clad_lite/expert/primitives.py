@@ -25,7 +25,7 @@ from .control import (
 
 # nominal peak speeds (randomised per motion by the scene's speed factor)
 FAST = 0.026  # m/step free-space motion (0.44 m/s at 20 Hz)
-SLOW = 0.010  # m/step near contacts
+SLOW = 0.012  # m/step near contacts
 ROT_SPEED = 0.08  # rad/step
 
 
@@ -139,7 +139,10 @@ class Scene:
 def move(sc: Scene, pos, R=None, *, grip=None, speed=FAST, rot_speed=ROT_SPEED, tol=0.01, settle=10):
     """Min-jerk straight-line motion of the grip site to ``pos`` (orientation ``R``)."""
     p0, R0 = sc.eef_pos, sc.eef_R
-    R = R0 if R is None else R
+    if sc.goal_pos is not None and np.linalg.norm(sc.goal_pos - p0) < 0.04:
+        # continue from the last commanded pose: no jump in the command between segments
+        p0, R0 = sc.goal_pos, sc.goal_R
+    R = sc.eef_R if R is None else R
     pos = np.asarray(pos, dtype=np.float64)
     n = motion_steps(p0, R0, pos, R, sc.speed(speed), rot_speed * sc.tempo)
     for k in range(1, n + 1):
@@ -207,8 +210,9 @@ def clearance_yaw(sc: Scene, obj: str, candidates, reach: float = 0.06, avoid=()
     return float(best)
 
 
-def pick(sc: Scene, obj: str, *, yaw: float, offset=(0.0, 0.0, 0.0), approach: float = 0.10,
-         lift: float = 0.15, tilt_x: float = 0.0, jitter: float = 0.004, world_offset: bool = False):
+def pick(sc: Scene, obj: str, *, yaw: float, offset=(0.0, 0.0, 0.0), approach: float = 0.08,
+         lift: float = 0.15, tilt_x: float = 0.0, jitter: float = 0.004, world_offset: bool = False,
+         precise: bool = False):
     """Top-down grasp of ``obj``: approach above, descend, close, lift.
 
     ``offset`` is the grip point relative to the body origin in the object's yaw frame
@@ -232,6 +236,18 @@ def pick(sc: Scene, obj: str, *, yaw: float, offset=(0.0, 0.0, 0.0), approach: f
     yield from move(sc, above, R, grip=GRIPPER_OPEN)
     yield from pause(sc)
     target = grip_point() + noise
+    if precise:  # tight fit between the fingers: servo the xy error out just above, then descend
+        pre = target + [0, 0, 0.035]
+        yield from move(sc, pre, R, speed=SLOW * 1.5, tol=0.004, settle=6)
+        bias = np.zeros(3)
+        for _ in range(8):
+            err = pre - sc.eef_pos
+            err[2] = 0.0
+            if np.linalg.norm(err) < 0.002:
+                break
+            bias += 0.5 * err
+            yield sc.action(pre + bias, R)
+        target = target + bias
     yield from move(sc, target, R, speed=SLOW, tol=0.006, settle=12)
     yield from close_gripper(sc)
     up = sc.eef_pos + [0, 0, lift]

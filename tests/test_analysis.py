@@ -1,0 +1,121 @@
+"""clad_lite.analysis: collapse metrics, linear probes, demo-level splits, stage-1/2 collectors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from clad_lite import analysis as A
+from clad_lite.configuration_clad import get_model_presets
+
+
+def test_effective_rank_of_known_matrices():
+    gen = torch.Generator().manual_seed(0)
+    # k orthogonal directions with equal variance -> effective rank k
+    for k in (1, 3, 8):
+        basis = torch.linalg.qr(torch.randn(16, 16, generator=gen))[0][:, :k]        # (16, k) orthonormal
+        codes = torch.tensor([[1.0 if (i // 2) % k == j else 0.0 for j in range(k)] for i in range(4 * k)])
+        codes = codes * torch.where(torch.arange(4 * k) % 2 == 0, 1.0, -1.0)[:, None]  # zero mean, equal spread
+        x = codes @ basis.T
+        assert A.effective_rank(x) == pytest.approx(k, rel=1e-6)
+    # isotropic Gaussian in D dims: close to D; a constant matrix (complete collapse): 0
+    x = torch.randn(4000, 10, generator=gen)
+    assert 9.5 < A.effective_rank(x) <= 10.0
+    assert A.effective_rank(torch.ones(50, 10) * 3.0) == 0.0
+    # one dominant direction plus tiny noise: close to 1
+    line = torch.randn(500, 1, generator=gen) * torch.ones(1, 10) + 1e-4 * torch.randn(500, 10, generator=gen)
+    assert A.effective_rank(line) < 1.05
+    spectrum = A.singular_spectrum(x)
+    assert spectrum.shape == (10,) and spectrum.sum().item() == pytest.approx(1.0)
+
+
+def test_representation_stats_detects_collapse():
+    gen = torch.Generator().manual_seed(1)
+    spread = A.representation_stats(torch.randn(3000, 32, generator=gen))
+    # unit vectors spread over the sphere: each coordinate has std ~ 1/sqrt(D)
+    assert spread["normalized_std"] == pytest.approx(1 / math.sqrt(32), rel=0.05)
+    assert spread["uniform_std"] == pytest.approx(1 / math.sqrt(32))
+    collapsed = A.representation_stats(torch.ones(3000, 32) + 1e-3 * torch.randn(3000, 32, generator=gen))
+    assert collapsed["normalized_std"] < 0.01 * spread["normalized_std"]
+    assert collapsed["total_std"] < 0.01 * spread["total_std"]
+
+
+def test_linear_probe_regression_on_linear_data():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(12, 3))
+    x = rng.normal(size=(600, 12))
+    y = x @ w + 0.01 * rng.normal(size=(600, 3))
+    result = A.linear_probe_regression(x[:400], y[:400], x[400:], y[400:], alpha=1e-3)
+    assert result["r2"] > 0.99 and result["r2_per_dim"].shape == (3,)
+    noise = A.linear_probe_regression(rng.normal(size=(400, 12)), y[:400], rng.normal(size=(200, 12)), y[400:])
+    assert noise["r2"] < 0.1   # features unrelated to the target: no better than the mean
+
+
+def test_linear_probe_classification():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, size=600)
+    x = rng.normal(size=(600, 8)) + 4.0 * np.eye(8)[labels]
+    result = A.linear_probe_classification(x[:400], labels[:400], x[400:], labels[400:])
+    assert result["accuracy"] > 0.95 and 0.2 < result["chance"] < 0.5
+    assert A.linear_probe_classification(x[:10], np.zeros(10), x[10:20], np.zeros(10))["accuracy"] == 1.0
+
+
+class _FakeWindows(torch.utils.data.Dataset):
+    """The bookkeeping of a WindowDataset: 2 tasks x 3 demos x 5 windows."""
+
+    def __init__(self):
+        self._task = [0, 0, 0, 1, 1, 1]
+        self._index = np.array([(d, t) for d in range(6) for t in range(5)])
+
+    def __len__(self):
+        return len(self._index)
+
+
+def test_split_by_demo_holds_out_whole_demonstrations():
+    data = _FakeWindows()
+    train, test = A.split_by_demo(data)
+    table = A.window_table(data)
+    assert len(train) + len(test) == len(data) and not set(train) & set(test)
+    assert set(table["demo_index"][test]) == {2, 5}          # the last demo of each task
+    assert set(table["task_id"][test]) == {0, 1}
+    sub = torch.utils.data.Subset(data, train)
+    assert set(A.window_table(sub)["demo_index"]) == {0, 1, 3, 4}
+    with pytest.raises(ValueError):
+        A.split_by_demo(data, holdout_per_task=3)
+
+
+def test_collect_stage1_outputs_and_metrics_on_a_tiny_model():
+    from clad_lite.clad import CLaD, make_dummy_batch
+
+    clad_cfg, _ = get_model_presets("ci")
+    torch.manual_seed(0)
+    clad = CLaD(clad_cfg)
+    batch = make_dummy_batch(clad_cfg, 64, torch.Generator().manual_seed(0))
+
+    class Windows(torch.utils.data.Dataset):
+        cameras = ("cam",)
+
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            E = clad_cfg.language_dim
+            return {"proprio_prev": batch["proprio_past"][i], "proprio": batch["proprio"][i],
+                    "proprio_next": batch["proprio_future"][i], "cam_prev": batch["vision_past"][i][:2 * E],
+                    "cam": batch["vision"][i][:2 * E], "cam_next": batch["vision_future"][i][:2 * E],
+                    "instruction_emb": batch["language"][i], "actions_past": batch["actions_past"][i],
+                    "actions": batch["actions"][i], "task_id": torch.tensor(i % 2),
+                    "demo_index": torch.tensor(i // 16), "t": torch.tensor(i % 16)}
+
+    out = A.collect_stage1_outputs(clad, Windows(), ("cam",), batch_size=20)
+    H = clad_cfg.hidden_dim
+    assert out["z_dyn"].shape == (64, H) and out["foresight_proprio"].shape == (64, H)
+    assert out["latent_proprio"].shape == (64,)
+    assert ((out["latent_proprio"] >= 0) & (out["latent_proprio"] <= 4)).all()
+    metrics = A.stage1_metrics(out, np.arange(32), np.arange(32, 64))
+    for key in ("erank_z_dyn", "std_foresight_s", "latent", "probe_future_r2", "probe_task_acc"):
+        assert np.isfinite(metrics[key]), key
+    assert 1.0 <= metrics["erank_z_dyn"] <= H

@@ -1,0 +1,256 @@
+"""LIBERO evaluation: Wilson intervals, resumable episode bookkeeping, and a real rollout.
+
+The end-to-end test builds a tiny run folder directly (no training: randomly initialised ``ci``
+CLaD + policy checkpoints in the format of ``clad_lite.train``, a random DecisionNCE-lite
+encoder checkpoint, an embedding-cache index naming it, and ``norm_stats.json``), then rolls
+out 1 task x 1 episode of 30 steps in the real simulator with a video.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clad_lite.cli import main as cli_main
+from clad_lite.evaluate import (
+    EPISODES_NAME,
+    EpisodeLog,
+    episode_seed,
+    evaluate,
+    parse_tasks,
+    read_episode_log,
+    run_jobs,
+    validate_results,
+    wilson_interval,
+)
+
+TASK = 0
+INSTRUCTION = "put both the alphabet soup and the tomato sauce in the basket"  # libero_10 task 0
+
+
+# --------------------------------------------------------------------------- statistics
+@pytest.mark.parametrize("k, n, lo, hi", [
+    (0, 10, 0.0, 0.2775),        # known values of the Wilson score interval, z = 1.96
+    (5, 10, 0.2366, 0.7634),
+    (10, 10, 0.7225, 1.0),
+    (1, 20, 0.0089, 0.2361),
+    (45, 50, 0.7864, 0.9565),
+    (25, 50, 0.3664, 0.6336),
+])
+def test_wilson_interval_known_values(k, n, lo, hi):
+    got = wilson_interval(k, n)
+    assert got == pytest.approx((lo, hi), abs=1e-4)
+
+
+def test_wilson_edge_cases_and_task_lists():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+    assert parse_tasks("0-3,7") == [0, 1, 2, 3, 7] and parse_tasks("5") == [5] and parse_tasks(None) is None
+    assert parse_tasks([2, 1, 2]) == [1, 2]
+    with pytest.raises(ValueError):
+        parse_tasks("a-b")
+    assert episode_seed(7, 0, 3) == episode_seed(7, 0, 3) != episode_seed(7, 1, 3)
+
+
+# --------------------------------------------------------------------------- bookkeeping
+class Crash(RuntimeError):
+    pass
+
+
+def fake_rollout(calls: list, crash_after: int | None = None):
+    def rollout(job):
+        if crash_after is not None and len(calls) >= crash_after:
+            raise Crash("killed")
+        calls.append((job["task_id"], job["episode"]))
+        return {"task_id": job["task_id"], "episode": job["episode"], "success": (job["episode"] + job["task_id"]) % 2 == 0,
+                "steps": 1, "env_steps": 11, "seconds": 0.0}
+    return rollout
+
+
+def test_episode_log_resumes_without_losing_or_repeating(tmp_path):
+    jobs = [{"task_id": t, "episode": e} for t in (0, 3) for e in range(5)]
+    path = tmp_path / EPISODES_NAME
+    calls: list = []
+    with pytest.raises(Crash):  # the run dies after 4 episodes
+        run_jobs(jobs, EpisodeLog(path), fake_rollout(calls, crash_after=4), progress=False)
+    assert len(read_episode_log(path)) == 4
+    # a kill in the middle of the 5th write leaves half a line; a duplicate line is ignored too
+    with open(path, "a") as handle:
+        handle.write(json.dumps({"task_id": 0, "episode": 0, "success": False}) + "\n")
+        handle.write('{"task_id": 3, "episode": 4, "succ')
+    records = read_episode_log(path)
+    assert [(r["task_id"], r["episode"]) for r in records] == calls[:4]
+    assert path.read_text().endswith("\n")  # the partial line was cut off
+    resumed: list = []
+    run_jobs(jobs, EpisodeLog(path), fake_rollout(resumed), progress=False)
+    assert sorted(calls + resumed) == sorted((j["task_id"], j["episode"]) for j in jobs)  # each exactly once
+    final = read_episode_log(path)
+    assert sorted((r["task_id"], r["episode"]) for r in final) == sorted((j["task_id"], j["episode"]) for j in jobs)
+    assert len(path.read_text().splitlines()) == len(jobs) + 1  # + the ignored duplicate
+    again: list = []
+    run_jobs(jobs, EpisodeLog(path), fake_rollout(again), progress=False)
+    assert again == []
+
+
+# --------------------------------------------------------------------------- a tiny run
+def make_tiny_run(root: Path, foresight: str = "both", max_steps: int = 30) -> Path:
+    """A stage-2 run folder with random ci-sized models, its stage-1 run, data stats and encoder."""
+    from clad_lite.clad import CLaD
+    from clad_lite.config import apply_overrides, get_profile
+    from clad_lite.encoders.cache import CACHE_FORMAT
+    from clad_lite.encoders.lite import DecisionNCELite, LiteEncoder, save_checkpoint
+    from clad_lite.encoders.text import BASE_DIM
+    from clad_lite.policy import ForesightPolicy
+    from clad_lite.train import CHECKPOINT_FORMAT
+
+    profile = apply_overrides(get_profile("ci"), [f"eval.max_steps={max_steps}", f"policy.foresight={foresight}"])
+    torch.manual_seed(0)
+    data_dir = root / "data"
+    data_dir.mkdir(parents=True)
+    encoder_path = root / "encoder.pt"
+    save_checkpoint(encoder_path, DecisionNCELite(profile.encoder), {INSTRUCTION: torch.randn(BASE_DIM)}, step=0)
+    encoder_hash = LiteEncoder.load(encoder_path).hash()
+    cache_dir = data_dir / "embeddings" / encoder_hash[:16]
+    cache_dir.mkdir(parents=True)
+    (cache_dir / "cache.json").write_text(json.dumps({
+        "format": CACHE_FORMAT, "encoder_hash": encoder_hash, "encoder_spec": str(encoder_path),
+        "embed_dim": profile.encoder.embed_dim, "cameras": list(profile.data.cameras), "dtype": "float16", "files": {}}))
+    rng = np.random.default_rng(0)
+
+    def stat(width, lo=-1.0, hi=1.0, std=0.5):
+        return {"min": [lo] * width, "max": [hi] * width, "mean": rng.normal(0, 0.1, width).tolist(),
+                "std": [std] * width, "count": 100}
+
+    stats = {"version": 1, "files": {}, "keys": {
+        "actions": {**stat(7, -0.5, 0.5), "max": [0.5] * 6 + [1.0], "min": [-0.5] * 6 + [-1.0]},
+        "obs/joint_states": stat(7), "obs/gripper_states": stat(2, std=0.02), "obs/joint_vel": stat(7),
+        "robot_states": stat(9)}}
+    (data_dir / "norm_stats.json").write_text(json.dumps(stats))
+    data = {"data_dir": str(data_dir), "cache_dir": str(cache_dir), "encoder_hash": encoder_hash, "windows": 0}
+
+    clad_ckpt = None
+    if profile.policy.uses_clad:
+        s1 = root / "stage1"
+        s1.mkdir()
+        clad_ckpt = s1 / "ckpt_000001.pt"
+        torch.save({"format": CHECKPOINT_FORMAT, "stage": 1, "step": 1, "model": CLaD(profile.clad).state_dict(),
+                    "config": profile.to_dict(), "data": data}, clad_ckpt)
+        (s1 / "config.json").write_text(json.dumps(profile.to_dict()))
+    run_dir = root / "stage2"
+    run_dir.mkdir()
+    for step in (1, 2):
+        torch.manual_seed(step)
+        torch.save({"format": CHECKPOINT_FORMAT, "stage": 2, "step": step,
+                    "model": ForesightPolicy(profile.policy).state_dict(), "config": profile.to_dict(),
+                    "clad_checkpoint": str(clad_ckpt) if clad_ckpt else None, "data": data},
+                   run_dir / f"ckpt_{step:06d}.pt")
+    (run_dir / "last.pt").hardlink_to(run_dir / "ckpt_000002.pt")
+    (run_dir / "config.json").write_text(json.dumps(profile.to_dict()))
+    (run_dir / "run.json").write_text(json.dumps({"stage": 2, "data": data, "clad_checkpoint": str(clad_ckpt)}))
+    return run_dir
+
+
+def test_user_errors(tmp_path, capsys):
+    assert cli_main(["eval", "--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "e")]) == 2
+    assert "not found" in capsys.readouterr().err
+    run_dir = make_tiny_run(tmp_path / "r")
+    assert cli_main(["eval", "--ckpt", str(tmp_path / "r" / "stage1"), "--out", str(tmp_path / "e")]) == 2
+    assert "stage-1" in capsys.readouterr().err
+    assert cli_main(["eval", "--ckpt", str(run_dir), "--encoder", str(tmp_path / "none.pt"), "--out",
+                     str(tmp_path / "e")]) == 2
+    assert "encoder checkpoint not found" in capsys.readouterr().err
+    (tmp_path / "r" / "data" / "norm_stats.json").unlink()
+    assert cli_main(["eval", "--ckpt", str(run_dir), "--out", str(tmp_path / "e")]) == 2
+    assert "normalisation statistics not found" in capsys.readouterr().err
+
+
+def test_top3_protocol_bookkeeping_with_a_fake_rollout(tmp_path):
+    run_dir = make_tiny_run(tmp_path / "r")
+    calls: list = []
+    results = evaluate(run_dir, tmp_path / "e", tasks="0-1", protocol="top3", episodes=3, progress=False,
+                       rollout=fake_rollout(calls))
+    validate_results(results)
+    assert len(calls) == 2 * 2 * 3  # 2 checkpoints x 2 tasks x 3 episodes
+    checkpoints = results["protocol"]["checkpoints"]
+    assert len(checkpoints) == 2 and all(c["selected"] for c in checkpoints)  # fewer than 3: all of them
+    assert results["per_task"][0]["episodes"] == 6 and results["episodes_per_task"] == 3
+    assert (tmp_path / "e" / "ckpt_000001" / EPISODES_NAME).exists()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_real_rollout_end_to_end(tmp_path):
+    torch.set_num_threads(1)
+    run_dir = make_tiny_run(tmp_path / "r", max_steps=30)
+    out = tmp_path / "eval"
+    results = evaluate(run_dir, out, tasks=[TASK], episodes=1, workers=1, videos=1, progress=False, fast_reset=True)
+    validate_results(results)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["per_task"] == results["per_task"]
+    assert set(saved) >= {"suite", "profile", "protocol", "episodes_per_task", "per_task", "average", "provenance"}
+    assert set(saved["provenance"]) >= {"git_sha", "config", "seed", "data", "encoder", "versions", "device"}
+    task = saved["per_task"][0]
+    assert task["task_id"] == TASK and task["instruction"] == INSTRUCTION and task["episodes"] == 1
+    assert saved["suite"] == "libero_10" and saved["profile"] == "ci" and saved["protocol"]["name"] == "single"
+    records = read_episode_log(out / EPISODES_NAME)
+    assert len(records) == 1
+    record = records[0]
+    assert record["steps"] == 30 or record["success"]
+    assert record["queries"] == 5 and record["env_steps"] == 40  # τ = 6: queries at 0, 6, ..., 24; 10 warm-up steps
+    video = Path(record["video"])
+    assert video.is_file() and video.stat().st_size > 1000 and video.suffix == ".mp4"
+    # resuming a finished evaluation runs nothing and gives the same numbers
+    again = evaluate(run_dir, out, tasks=[TASK], episodes=1, workers=1, videos=1, progress=False, fast_reset=True)
+    assert again["per_task"] == results["per_task"]
+    assert len(read_episode_log(out / EPISODES_NAME)) == 1
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_policy_only_run_is_deterministic_per_seed(tmp_path):
+    """foresight=none needs no CLaD; the policy's RNG is a function of (seed, task, episode)."""
+    from clad_lite.evaluate import Agent, load_run
+
+    torch.set_num_threads(1)
+    run_dir = make_tiny_run(tmp_path / "r", foresight="none", max_steps=7)
+    spec = dict(load_run(run_dir), suite="libero_10", max_steps=7, warmup_steps=2, query_every=6, ensemble=False,
+                start_actions="noop", seed=7, fast_reset=True, video_dir=str(tmp_path / "v"))
+    agent = Agent(spec)
+    assert agent.clad is None
+    env = agent.env(TASK)
+    original, seen = env.step, []
+    env.step = lambda action: (seen.append(np.asarray(action).copy()), original(action))[1]
+    try:
+        record = agent.rollout({"task_id": TASK, "episode": 1})
+    finally:
+        env.step = original
+    assert record["queries"] == 2 and record["steps"] == 7 and len(seen) == 2 + 7
+    assert np.all(np.abs(np.stack(seen)) <= 1.0)
+    # the same history and generator seed give the same chunk; another seed another chunk
+    rng = np.random.default_rng(0)
+    proprio = [rng.normal(size=16).astype(np.float32)]
+    vision = {0: rng.normal(size=128).astype(np.float32)}
+    language = agent.language(INSTRUCTION)
+    plan = lambda s: agent.plan(0, proprio, vision, [], language, torch.Generator().manual_seed(s))
+    np.testing.assert_array_equal(plan(episode_seed(7, TASK, 1)), plan(episode_seed(7, TASK, 1)))
+    assert not np.allclose(plan(episode_seed(7, TASK, 1)), plan(episode_seed(7, TASK, 2)))
+
+
+def test_open_loop_and_temporal_ensembling_pick_actions():
+    from clad_lite.evaluate import ENSEMBLE_M, Agent
+
+    class Stub:
+        def __init__(self):
+            self.spec = {"ensemble": False}
+
+    chunks = [(0, np.zeros((6, 7))), (2, np.ones((6, 7)))]
+    stub = Stub()
+    assert np.all(Agent.choose(stub, 3, chunks) == 1.0)  # open loop: the newest chunk
+    assert np.all(Agent.choose(stub, 1, chunks[:1]) == 0.0)
+    stub.spec = {"ensemble": True}
+    w = np.exp(-ENSEMBLE_M)  # ACT: the oldest chunk has weight 1
+    np.testing.assert_allclose(Agent.choose(stub, 3, chunks), w / (1 + w))
+    np.testing.assert_allclose(Agent.choose(stub, 7, chunks), 1.0)  # only the second chunk covers step 7

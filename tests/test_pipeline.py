@@ -1,0 +1,181 @@
+"""``python -m clad_lite pipeline`` / ``clad_lite.pipeline.Pipeline``: end to end on the ci profile.
+
+One module-scoped run (real simulator, real training, real rollouts, shrunk below the ci
+profile so the whole file stays under 4 minutes on 2 busy cores: about 2.5 minutes here), then: a second run
+reuses every step, a deleted output is redone alone, a killed training run is resumed, a
+changed setting redoes the stale steps only, and bad input is a clean error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from clad_lite.cli import UserError, main
+from clad_lite.pipeline import Pipeline, _result_rows
+
+HAVE_EVAL = True
+try:
+    import clad_lite.evaluate  # noqa: F401
+except ImportError:  # the evaluation module is not there yet: test up to stage 2
+    HAVE_EVAL = False
+
+STEPS = ["data", "encoder", "embeddings", "stage1:clad", "stage2:policy", "eval:policy"]
+
+
+def overrides(root: Path) -> list[str]:
+    # the ci profile, smaller still (data generation dominates): 1 demo of one task, a short encoder
+    # run, short rollouts
+    return [f"data.root={root / 'data'}", "data.tasks=2", "data.demos_per_task=1", "encoder.steps=12", "encoder.warmup_steps=3",
+            "encoder.batch_size=8", "stage1.steps=20", "stage1.warmup_steps=2", "stage2.steps=20",
+            "stage2.warmup_steps=2", "eval.max_steps=12"]
+
+
+def statuses(steps) -> dict[str, str]:
+    return {(s["step"] if isinstance(s, dict) else s.step): (s["status"] if isinstance(s, dict) else s.status)
+            for s in steps}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # Pipeline(threads=1) / --threads 1 set torch's threads and OMP_NUM_THREADS: restore both after
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, one_thread):
+    root = tmp_path_factory.mktemp("pipeline")
+    pipe = Pipeline("ci", out=root / "run", overrides=overrides(root), threads=1, progress=False)
+    summary = pipe.run(skip_eval=not HAVE_EVAL)
+    return root, pipe, summary
+
+
+def new_pipeline(root: Path, *extra) -> Pipeline:
+    return Pipeline("ci", out=root / "run", overrides=overrides(root) + list(extra), threads=1, progress=False)
+
+
+def test_first_run_makes_every_output(first_run):
+    root, pipe, summary = first_run
+    got = statuses(summary["steps"])
+    assert list(got) == STEPS
+    assert all(status == "done" for step, status in got.items() if step != "eval:policy"), got
+    assert pipe.data() == root / "data" / "libero_10"
+    assert (pipe.data() / "summary.json").is_file()
+    assert Path(pipe.encoder()) == root / "run" / "encoder.pt" and Path(pipe.encoder()).is_file()
+    assert (pipe.embeddings() / "cache.json").is_file()
+    for run in ("clad", "policy"):
+        assert (root / "run" / run / "last.pt").is_file()
+        assert str(root / "run" / run / "loss_curve.png") in summary["figures"]
+    report = json.loads((root / "run" / "pipeline.json").read_text())
+    assert statuses(report["steps"]) == got
+    assert "stage 2" in summary["table"]
+    if HAVE_EVAL:
+        assert got["eval:policy"] == "done"
+        results = json.loads((root / "run" / "eval_policy" / "results.json").read_text())
+        rows, average = _result_rows(results)
+        assert [r["task"] for r in rows] == [2] and 0.0 <= average <= 1.0
+        assert all(0.0 <= r["ci95"][0] <= r["rate"] <= r["ci95"][1] <= 1.0 for r in rows)
+        assert summary["videos"] and all(Path(v).stat().st_size > 0 for v in summary["videos"])
+        assert "95% interval" in summary["table"] and "avg" in summary["table"]
+    else:
+        assert got["eval:policy"] == "skipped"
+
+
+def test_second_run_reuses_every_step(first_run, one_thread, capsys):
+    root, _, _ = first_run
+    args = ["pipeline", "--profile", "ci", "--out", str(root / "run"), "--threads", "1", "--no-progress"]
+    for assignment in overrides(root):
+        args += ["--set", assignment]
+    if not HAVE_EVAL:
+        args.append("--skip-eval")
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((root / "run" / "pipeline.json").read_text())
+    got = statuses(report["steps"])
+    assert list(got) == STEPS
+    assert all(s == "reused" for step, s in got.items() if step != "eval:policy" or HAVE_EVAL), got
+    assert "[3/6] embeddings: reused (hash " in printed
+    assert "[4/6] stage 1: reused" in printed
+    assert sum(s["seconds"] for s in report["steps"]) < 30
+
+
+def test_a_deleted_output_is_redone_alone(first_run):
+    root, first, _ = first_run
+    shutil.rmtree(first.embeddings())  # the embedding cache
+    (root / "run" / "encoder.pt").unlink()  # the encoder: retrained to the same weights, the same hash
+    pipe = new_pipeline(root)
+    summary = pipe.run(skip_eval=not HAVE_EVAL)
+    got = statuses(summary["steps"])
+    assert got["encoder"] == "done" and got["embeddings"] == "done", got
+    assert all(got[s] == "reused" for s in ("data", "stage1:clad", "stage2:policy")), got
+    if HAVE_EVAL:
+        assert got["eval:policy"] == "reused"
+        # results.json deleted: the evaluation is redone from its episode log, nothing else
+        (root / "run" / "eval_policy" / "results.json").unlink()
+        got = statuses(new_pipeline(root).run()["steps"])
+        assert got["eval:policy"] != "reused" and (root / "run" / "eval_policy" / "results.json").is_file()
+        assert all(got[s] == "reused" for s in STEPS[:-1]), got
+
+
+def test_a_killed_training_run_is_resumed_and_downstream_redone(first_run):
+    root, _, _ = first_run
+    run = root / "run" / "clad"
+    # as if killed between the checkpoints at steps 10 and 20: only the step-10 checkpoint is left
+    (run / "ckpt_000020.pt").unlink()
+    (run / "last.pt").unlink()
+    os.link(run / "ckpt_000010.pt", run / "last.pt")
+    pipe = new_pipeline(root)
+    assert pipe.stage2() == root / "run" / "policy"  # runs what it needs first
+    got = statuses(pipe.steps)
+    assert got["stage1:clad"] == "resumed at step 10", got
+    assert got["stage2:policy"] == "redone (stale)", got  # its stage-1 checkpoint is a new file
+    assert got["embeddings"] == "reused"
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 20
+
+
+def test_baseline_uses_the_same_data_and_budget(first_run):
+    root, _, _ = first_run
+    summary = new_pipeline(root).run(baseline=True, skip_eval=not HAVE_EVAL)
+    got = statuses(summary["steps"])
+    assert list(got) == STEPS[:5] + ["stage2:policy_only", "eval:policy", "eval:policy_only"]
+    assert all(got[s] == "reused" for s in STEPS[:5]), got  # stage 2 was redone by the test before
+    assert got["stage2:policy_only"] == "done"
+    baseline = torch.load(root / "run" / "policy_only" / "last.pt", weights_only=True)
+    policy = torch.load(root / "run" / "policy" / "last.pt", weights_only=True)
+    assert baseline["config"]["policy"]["foresight"] == "none" and baseline["clad_checkpoint"] is None
+    assert baseline["step"] == policy["step"] and baseline["data"] == policy["data"]
+    assert baseline["config"]["stage2"] == policy["config"]["stage2"]
+    if HAVE_EVAL:
+        assert got["eval:policy"] == "redone (stale)"  # its policy was retrained by the test before
+        assert "success of policy_only" in summary["table"]
+        assert (root / "run" / "eval_policy_only" / "results.json").is_file()
+
+
+def test_a_changed_setting_redoes_only_the_stale_steps(first_run):
+    root, _, _ = first_run
+    pipe = new_pipeline(root, "stage2.steps=24", "eval.workers=2")  # eval.workers changes no output
+    pipe.stage2()
+    got = statuses(pipe.steps)
+    assert got["stage1:clad"] == "reused" and got["stage2:policy"] == "redone (stale)", got
+    assert (root / "run" / "policy.stale" / "last.pt").exists()  # the old run is kept aside
+    assert torch.load(root / "run" / "policy" / "last.pt", weights_only=True)["step"] == 24
+
+
+def test_bad_input_is_a_user_error(tmp_path, one_thread, capsys):
+    assert main(["pipeline", "--profile", "nope", "--out", str(tmp_path)]) == 2
+    assert main(["pipeline", "--profile", "ci", "--set", "stage1.nope=1", "--out", str(tmp_path)]) == 2
+    assert "unknown key" in capsys.readouterr().err
+    with pytest.raises(UserError):
+        Pipeline("ci", out=tmp_path, overrides=["data.demos_per_task=0"])
