@@ -409,6 +409,11 @@ class Agent:
         self.cache_dtype = np.float16 if spec.get("cache_dtype", "float16") == "float16" else np.float32
         self._text: dict[str, np.ndarray] = {}
         self.noop = self.normalizer.normalize_actions(_noop()).astype(np.float32)
+        # optional hook (``clad_lite.rollout_view.record_rollout``): called in this process at every query
+        # step as observer(t=, frames=, proprio=, history=, vision=, language=, foresight=, chunk=), history
+        # being the episode's (growing) list of normalised proprio, one per step; None in evaluations
+        self.observer = None
+        self.last_foresight = None  # the (zhat_p, zhat_s) of the latest query (None for policy-only runs)
 
     def _load_encoder(self, spec: dict):
         from clad_lite.encoders.base import EncoderLoadError, load_encoder
@@ -496,6 +501,7 @@ class Agent:
             if self.clad is not None:
                 f = self.clad.foresight(batch)
                 foresight = (f.proprio.float(), f.semantic.float())
+            self.last_foresight = foresight
             chunk = self.policy.sample_actions(batch, foresight=foresight, generator=generator)
         return chunk[0].float().cpu().numpy()
 
@@ -546,6 +552,9 @@ class Agent:
                 chunks.append((t, self.plan(t, proprio, vision, executed, language, generator)))
                 model_seconds += time.perf_counter() - tick
                 queries += 1
+                if self.observer is not None:
+                    self.observer(t=t, frames=frames, proprio=proprio[t], history=proprio, vision=vision[t], language=language,
+                                  foresight=self.last_foresight, chunk=chunks[-1][1])
                 vision.pop(t - self.tau - self.query_every, None)  # keep what CLaD still needs
                 chunks = [(s, c) for s, c in chunks if s + len(c) > t]
             if video:

@@ -1,0 +1,349 @@
+"""The paper's tables 1-7 and figures 3-9, rebuilt from this project's own results files.
+
+Used by ``notebooks/07_paper_tables.ipynb`` and ``notebooks/08_paper_figures.ipynb``.
+
+House rules (DESIGN.md): every project number comes from a results file of a real run (its
+path is printed as the provenance), success rates carry their rollout counts and 95% Wilson
+intervals, and the paper's numbers (:mod:`clad_lite.paper_numbers`) only appear in columns
+labelled ``paper``. Tables are plain markdown strings (no pandas).
+
+Where results come from (:func:`find_results`): first a committed file
+``figures/results/libero_10_<profile>[_<variant>].json``, else the pipeline's evaluation
+``<pipeline out>/eval_<run>/results.json``; None when neither exists.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from clad_lite import paper_numbers as P
+
+MISSING = "—"
+
+
+# =========================================================================== results files
+def load_results(path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def find_results(variant: str, profile_name: str, pipeline_out=None, root=None, run: str | None = None
+                 ) -> tuple[dict | None, str | None]:
+    """(results dict, its path) of ``variant`` ("policy" = CLaD, "policy_only", "no_recon", ...), or (None, None).
+
+    ``run``: the stage-2 run name under the pipeline folder (default ``variant``); its evaluation is
+    ``eval_<run>/results.json``. Ablations of stage 1 name their policy ``policy_<variant>`` (a stage-1 run
+    and a stage-2 run may not share a folder).
+    """
+    from clad_lite.config import project_root
+
+    root = Path(root) if root is not None else Path(project_root())
+    suffix = "" if variant in ("policy", "clad") else f"_{variant}"
+    candidates = [root / "figures" / "results" / f"libero_10_{profile_name}{suffix}.json"]
+    if pipeline_out is not None:
+        candidates.append(Path(pipeline_out) / f"eval_{run or variant}" / "results.json")
+    for path in candidates:
+        results = load_results(path)
+        if results is not None and results.get("per_task"):
+            return results, str(path)
+    return None, None
+
+
+def pooled(results: dict) -> dict:
+    """Successes, episodes, rate and Wilson interval pooled over the tasks of a results dict."""
+    from clad_lite.evaluate import wilson_interval
+
+    k = sum(int(t["successes"]) for t in results["per_task"])
+    n = sum(int(t["episodes"]) for t in results["per_task"])
+    lo, hi = wilson_interval(k, n) if n else (0.0, 1.0)
+    return {"successes": k, "episodes": n, "rate": k / n if n else float("nan"), "ci95": (lo, hi),
+            "tasks": len(results["per_task"])}
+
+
+def fmt_rate(k: int, n: int, ci=None) -> str:
+    """``50.0% [9.5, 90.5] (1/2)``: rate, 95% Wilson interval, successes/rollouts."""
+    from clad_lite.evaluate import wilson_interval
+
+    if not n:
+        return MISSING
+    lo, hi = ci if ci is not None else wilson_interval(k, n)
+    return f"{100 * k / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({k}/{n})"
+
+
+def markdown_table(headers, rows) -> str:
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _footer(profile_name: str, sources: dict) -> str:
+    used = [f"`{name}`: {src}" for name, src in sources.items() if src]
+    note = (f"\n\nProject columns: profile **{profile_name}**"
+            + (" (a SMALL profile: tiny models, few rollouts - not comparable to the paper)" if profile_name != "paper"
+               else "") + ". Intervals: 95% Wilson; (k/n) = successes/rollouts.")
+    if used:
+        note += " Sources: " + "; ".join(used) + "."
+    return note
+
+
+# =========================================================================== tables
+def table1(results: dict | None, profile_name: str, source: str | None = None) -> str:
+    """Per-task success: the project's CLaD run next to the paper's columns."""
+    paper = P.TABLE1
+    by_task = {int(t["task_id"]): t for t in (results or {}).get("per_task", [])}
+    headers = ["task", f"project CLaD ({profile_name})"] + [f"paper {c}" for c in paper["per_task"]]
+    rows = []
+    for i, name in enumerate(P.TASK_NAMES):
+        t = by_task.get(i)
+        mine = fmt_rate(t["successes"], t["episodes"], t.get("ci95")) if t else "not run"
+        rows.append([f"{i + 1}. {name}", mine] + [f"{v:.1f}" for v in (col[i] for col in paper["per_task"].values())])
+    if results:
+        pool = pooled(results)
+        avg = fmt_rate(pool["successes"], pool["episodes"], pool["ci95"]) + f" over {pool['tasks']} task(s)"
+    else:
+        avg = "no project run"
+    rows.append(["Avg. SR", avg] + [f"{paper['average'][c]:.1f}" for c in paper["per_task"]])
+    return (markdown_table(headers, rows) + _footer(profile_name, {"CLaD": source})
+            + "\n\nPaper: † = 20 rollouts x top-3 checkpoints, ‡ = 50 rollouts, one checkpoint (percent).")
+
+
+def table2_3(bench_result: dict, params: dict, profile_name: str, avg: dict | None = None) -> str:
+    """Tables 2 and 3: the project's measured efficiency (bench) next to the paper's CLaD / baselines."""
+    p2, p3 = P.TABLE2, P.TABLE3
+    total = bench_result["params"]["total_with_encoder"]
+    rows = [
+        ["parameters (B), total", f"{total / 1e9:.6f}", f"{p2['CLaD']['params_b']}", f"{p2['OpenVLA']['params_b']}",
+         f"{p2['pi0.5']['params_b']}", f"{p3['LBP']['params_b']}", f"{p3['UVA']['params_b']}"],
+        ["  CLaD (stage 1, B)", f"{params['clad'] / 1e9:.6f}", f"{P.CLAD_PARAMS_B['clad']}", "", "", "", ""],
+        ["  policy (stage 2, B)", f"{params['policy'] / 1e9:.6f}", f"{P.CLAD_PARAMS_B['policy']}", "", "", "", ""],
+        ["inference (Hz, executed actions/s)", f"{bench_result['control_hz']:.1f}", f"{p2['CLaD']['inference_hz']}",
+         f"{p2['OpenVLA']['inference_hz']}", f"{p2['pi0.5']['inference_hz']}", "", ""],
+        ["memory (GB)", f"{bench_result['peak_memory_mb'] / 1024:.3f}", f"{p2['CLaD']['memory_gb']}",
+         f"{p2['OpenVLA']['memory_gb']}", f"{p2['pi0.5']['memory_gb']}", "", ""],
+        ["planning time (s)", f"{bench_result['planning_latency_ms'] / 1000:.4f}", f"{p3['CLaD']['planning_s']}", "", "",
+         f"{p3['LBP']['planning_s']}", f"{p3['UVA']['planning_s']}"],
+        ["Avg. SR (%)", avg["text"] if avg else "no project run", f"{p3['CLaD']['avg_sr']}", "93.8", "93.2",
+         f"{p3['LBP']['avg_sr']}", f"{p3['UVA']['avg_sr']}"],
+    ]
+    headers = ["measure", f"project CLaD ({profile_name}, {bench_result['device']})", "paper CLaD", "paper OpenVLA",
+               "paper pi0.5", "paper LBP", "paper UVA"]
+    note = (f"\n\nProject column: `bench({profile_name!r})` (median of {bench_result['repeats']} runs, batch 1, "
+            f"{bench_result['device_description']}; random weights of the preset's sizes) and "
+            f"`parameter_counts({profile_name!r})`. Paper: RTX 4090 GPU. Memory on CPU is peak RSS growth.")
+    return markdown_table(headers, rows) + note
+
+
+def ablation_table(rows: dict, paper: dict, profile_name: str, labels: dict | None = None) -> str:
+    """Tables 4, 5, 7: ``rows`` = {variant: (results or None, source)}; ``paper`` = {variant: percent}."""
+    labels = labels or {}
+    out = []
+    for variant, (results, _src) in rows.items():
+        if results:
+            pool = pooled(results)
+            mine = fmt_rate(pool["successes"], pool["episodes"], pool["ci95"]) + f" over {pool['tasks']} task(s)"
+        else:
+            mine = "no project run at this profile"
+        p = paper.get(variant)
+        out.append([labels.get(variant, variant), mine, MISSING if p is None else f"{p:.1f}"])
+    headers = ["variant", f"project avg. success ({profile_name})", "paper avg. SR (%)"]
+    return markdown_table(headers, out) + _footer(profile_name, {k: s for k, (_, s) in rows.items()})
+
+
+def table6(project_long: dict | None = None, profile_name: str = "") -> str:
+    """Table 6 (other LIBERO suites): the paper's numbers; no project run exists for the other suites."""
+    cols = P.TABLE6["columns"]
+    headers = ["method"] + [f"paper {c}" for c in cols] + ["project"]
+    rows = [[name] + [f"{v:.1f}" for v in vals] + [MISSING] for name, vals in P.TABLE6["rows"].items()]
+    text = "no project run of libero_spatial / libero_object / libero_goal exists yet"
+    if project_long:
+        pool = pooled(project_long)
+        text += f"; libero_10 at {profile_name}: {fmt_rate(pool['successes'], pool['episodes'], pool['ci95'])}"
+    rows.append(["CLaD (this project)"] + [MISSING] * len(cols) + [text])
+    return markdown_table(headers, rows) + "\n\nPaper: 50 rollouts per task, percent."
+
+
+# =========================================================================== figure 3
+def modality_figure(entries: dict, profile_name: str):
+    """Bar chart of average success with Wilson intervals; the paper's values as labelled markers.
+
+    ``entries`` = {"policy_only" | "clad_p" | "clad_s" | "clad": results dict or None}.
+    """
+    import matplotlib.pyplot as plt
+
+    names = list(entries)
+    labels = {"policy_only": "Policy only", "clad_p": "CLaD_p", "clad_s": "CLaD_s", "clad": "CLaD"}
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    x = np.arange(len(names))
+    for i, name in enumerate(names):
+        results = entries[name]
+        if results:
+            pool = pooled(results)
+            rate, (lo, hi) = 100 * pool["rate"], pool["ci95"]
+            ax.bar(i - 0.2, rate, 0.4, color="tab:blue", label="project" if i == 0 else None)
+            ax.errorbar(i - 0.2, rate, yerr=[[rate - 100 * lo], [100 * hi - rate]], color="k", capsize=4)
+            ax.text(i - 0.2, 100 * hi + 2, f"{pool['successes']}/{pool['episodes']}", ha="center", fontsize=8)
+        else:
+            ax.text(i - 0.2, 3, "not run", ha="center", rotation=90, fontsize=8)
+        paper = P.FIGURE3.get(name)
+        if paper is not None:
+            ax.bar(i + 0.2, paper, 0.4, color="lightgray", edgecolor="k", hatch="//",
+                   label="paper (50 rollouts x 10 tasks)" if i == 0 else None)
+    ax.set_xticks(x, [labels.get(n, n) for n in names])
+    ax.set_ylim(0, 115)
+    ax.set_ylabel("average success (%)")
+    ax.set_title(f"Figure 3: modality contribution - project at profile {profile_name!r} (95% Wilson) vs paper")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+# =========================================================================== figure 4
+def umap_embedding(x, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
+    import umap
+
+    x = np.asarray(x, dtype=np.float32)
+    reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), min_dist=0.1, random_state=seed, n_jobs=1)
+    return reducer.fit_transform(x)
+
+
+def umap_figure(panels: dict, task_ids, seed: int = 0):
+    """``panels`` = {title: z_dyn (N, H)}; one UMAP scatter per panel, coloured by task."""
+    import matplotlib.pyplot as plt
+
+    task_ids = np.asarray(task_ids)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    embeddings = {}
+    for ax, (title, z) in zip(axes[0], panels.items()):
+        e = umap_embedding(np.asarray(z), seed=seed)
+        embeddings[title] = e
+        for task in np.unique(task_ids):
+            m = task_ids == task
+            ax.scatter(e[m, 0], e[m, 1], s=8, label=f"task {int(task) + 1}")
+        ax.set_title(title)
+        ax.set_xticks([]), ax.set_yticks([])
+    axes[0][0].legend(fontsize=8, markerscale=2)
+    fig.tight_layout()
+    return fig, embeddings
+
+
+def silhouette(x, labels) -> float:
+    """Mean silhouette score (euclidean) of points ``x`` with ``labels``; numpy only."""
+    x, labels = np.asarray(x, dtype=np.float64), np.asarray(labels)
+    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    scores = []
+    for i in range(len(x)):
+        same = labels == labels[i]
+        same[i] = False
+        if not same.any():
+            continue
+        a = d[i, same].mean()
+        b = min(d[i, labels == other].mean() for other in np.unique(labels) if other != labels[i])
+        scores.append((b - a) / max(a, b))
+    return float(np.mean(scores))
+
+
+# =========================================================================== figure 5
+def alignment_forward(clad, encoder, batch: dict, camera_index: int = 0, n_cameras: int = 2):
+    """f(images (N, 3, h, w) in [0, 1], upright) -> cosine(zhat_s, zbar_s) (N,).
+
+    The image replaces camera ``camera_index``'s current embedding v^t (through the
+    differentiable lite encoder); the rest of the window (one sample of ``batch``) is fixed.
+    zbar_s, the EMA target embedding of the true future, does not depend on the image.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    one = {k: v[:1] for k, v in batch.items()}
+    _, zbar_s, _ = clad.targets(one)
+    E = one["vision"].shape[-1] // n_cameras
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        n = images.shape[0]
+        emb = encoder._encode_float_images(images).float()
+        parts = list(one["vision"].expand(n, -1).split(E, dim=-1))
+        parts[camera_index] = emb
+        b = {k: v.expand(n, *v.shape[1:]) for k, v in one.items()}
+        b["vision"] = torch.cat(parts, dim=-1)
+        semantic = clad.foresight(b, mask_ratio=0.0).semantic
+        return F.cosine_similarity(semantic, zbar_s.expand(n, -1), dim=-1)
+
+    return forward
+
+
+def integrated_gradients(forward, image, steps: int = 32, baseline=None, internal_batch_size: int = 16):
+    """captum IntegratedGradients of ``forward`` w.r.t. ``image`` (1, 3, h, w); returns (attribution, delta)."""
+    import torch
+    from captum.attr import IntegratedGradients
+
+    image = image.detach().float()
+    baseline = torch.zeros_like(image) if baseline is None else baseline
+    ig = IntegratedGradients(forward)
+    with torch.enable_grad():
+        attribution, delta = ig.attribute(image, baselines=baseline, n_steps=steps, return_convergence_delta=True,
+                                          internal_batch_size=internal_batch_size)
+    return attribution.detach(), float(delta.abs().max())
+
+
+def attribution_figure(frames, attributions, titles):
+    """Frames (h, w, 3) uint8 upright with the |IG| heatmap (summed over channels) overlaid."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(frames), figsize=(2.6 * len(frames), 5.4), squeeze=False)
+    for j, (frame, attr, title) in enumerate(zip(frames, attributions, titles)):
+        heat = np.abs(np.asarray(attr)).sum(axis=0)
+        heat = heat / (heat.max() + 1e-12)
+        axes[0][j].imshow(frame)
+        axes[0][j].set_title(title, fontsize=8)
+        axes[1][j].imshow(frame)
+        axes[1][j].imshow(heat, cmap="inferno", alpha=0.6)
+        for ax in axes[:, j]:
+            ax.axis("off")
+    axes[1][0].set_title("|IG| overlay", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# =========================================================================== figures 6-9
+def read_video_frames(path, count: int = 6) -> list[np.ndarray]:
+    """``count`` evenly spaced RGB frames (h, w, 3) of an mp4 (imageio-ffmpeg)."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    w, h = meta["size"]
+    frames = [np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3) for f in reader]
+    if not frames:
+        return []
+    index = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)
+    return [frames[i] for i in index]
+
+
+def filmstrip_figure(videos: dict, count: int = 6, title: str = ""):
+    """One row per rollout video: ``videos`` = {row label: mp4 path}; success marked in the label."""
+    import matplotlib.pyplot as plt
+
+    rows = {label: read_video_frames(path, count) for label, path in videos.items()}
+    fig, axes = plt.subplots(len(rows), count, figsize=(2.2 * count, 1.5 * len(rows) + 0.6), squeeze=False)
+    for r, (label, frames) in enumerate(rows.items()):
+        ok = "success" in Path(videos[label]).name
+        for c in range(count):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(frames):
+                ax.imshow(frames[c])
+        axes[r][0].set_title(("✓ " if ok else "✗ ") + label, fontsize=8, loc="left", color="green" if ok else "red")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig, rows
+
+
+__all__ = ["load_results", "find_results", "pooled", "fmt_rate", "markdown_table", "table1", "table2_3",
+           "ablation_table", "table6", "modality_figure", "umap_embedding", "umap_figure", "silhouette",
+           "alignment_forward", "integrated_gradients", "attribution_figure", "read_video_frames",
+           "filmstrip_figure"]

@@ -1,0 +1,64 @@
+"""clad_lite.reports and clad_lite.paper_numbers: table builders, the paper's transcription, IG."""
+
+import torch
+
+from clad_lite import paper_numbers as P
+from clad_lite import reports
+
+
+def _results(ks=(1, 0), n=2):
+    from clad_lite.evaluate import wilson_interval
+
+    return {"suite": "libero_10", "profile": "ci", "per_task": [
+        {"task_id": t, "instruction": "x", "successes": k, "episodes": n, "rate": k / n,
+         "ci95": list(wilson_interval(k, n))} for t, k in zip((0, 2), ks)]}
+
+
+def test_table1_has_paper_columns_and_wilson():
+    text = reports.table1(_results(), "ci", "somewhere/results.json")
+    header = text.splitlines()[0]
+    assert "paper CLaD‡" in header and "paper OpenVLA" in header and "project CLaD (ci)" in header
+    assert "50.0% [9.5, 90.5] (1/2)" in text          # task 1: 1/2 with its Wilson interval
+    assert "25.0% [4.6, 69.9] (1/4) over 2 task(s)" in text  # pooled average
+    assert "not run" in text and "SMALL profile" in text and "somewhere/results.json" in text
+    assert "94.7" in text
+
+
+def test_ablation_and_table6():
+    text = reports.ablation_table({"clad": (_results(), "a.json"), "no_recon": (None, None)}, P.TABLE4 | {"clad": 94.7,
+                                  "no_recon": 86.1}, "ci")
+    assert "paper avg. SR (%)" in text and "86.1" in text and "no project run" in text and "(1/4)" in text
+    t6 = reports.table6()
+    assert "paper libero_spatial" in t6 and "no project run" in t6 and "97.3" in t6
+
+
+def test_paper_numbers_consistent():
+    for col, values in P.TABLE1["per_task"].items():
+        assert len(values) == 10
+        off = abs(sum(values) / 10 - P.TABLE1["average"][col])
+        assert off <= 0.06 or ("table1", col) in P.KNOWN_INCONSISTENCIES, (col, off)
+    assert P.TABLE3["CLaD"]["avg_sr"] == P.TABLE1["average"]["CLaD‡"] == P.TABLE4["latent + recon (CLaD)"]
+    assert P.TABLE5["p_queries_s"] == P.TABLE7["clad"] == P.FIGURE3["clad"] == P.TABLE6["rows"]["CLaD"][3]
+    assert abs(sum(P.CLAD_PARAMS_B[k] for k in ("vlm", "clad", "policy")) - P.CLAD_PARAMS_B["total"]) < 1e-9
+    assert P.TABLE2["CLaD"]["params_b"] == P.CLAD_PARAMS_B["total"]
+
+
+def test_integrated_gradients_shape_on_tiny_random_encoder():
+    from clad_lite.clad import CLaD, make_dummy_batch
+    from clad_lite.configuration_clad import MODEL_PRESETS
+    from clad_lite.encoders.config import EncoderConfig
+    from clad_lite.encoders.lite import DecisionNCELite, LiteEncoder
+
+    torch.manual_seed(0)
+    config = EncoderConfig(embed_dim=64, image_size=16, widths=(4, 8), blocks=(1, 1))
+    encoder = LiteEncoder(DecisionNCELite(config))
+    clad = CLaD(MODEL_PRESETS["ci"][0]).freeze()
+    batch = make_dummy_batch(clad.config, 2, generator=torch.Generator().manual_seed(0))
+    forward = reports.alignment_forward(clad, encoder, batch, camera_index=0, n_cameras=2)
+    image = torch.rand(1, 3, 16, 16)
+    assert forward(image).shape == (1,)
+    attribution, delta = reports.integrated_gradients(forward, image, steps=8)
+    assert attribution.shape == image.shape and torch.isfinite(attribution).all() and attribution.abs().sum() > 0
+    # completeness: the attributions sum to f(x) - f(baseline), up to the Riemann error
+    gap = float(forward(image) - forward(torch.zeros_like(image)))
+    assert abs(float(attribution.sum()) - gap) <= abs(delta) + 1e-4
