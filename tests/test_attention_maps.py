@@ -15,14 +15,6 @@ CFG = dataclasses.replace(MODEL_PRESETS["ci"][0], n_proprio_tokens=2, n_semantic
 B = 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def model(**overrides) -> CLaD:
     torch.manual_seed(0)
     return CLaD(dataclasses.replace(CFG, **overrides)).eval()

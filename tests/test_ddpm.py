@@ -14,15 +14,6 @@ diffusers = pytest.importorskip("diffusers")
 DIFFUSERS_SCHEDULE = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops run fastest on one thread (and leave the other core to the rest of CI)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def reference(num_steps, schedule, clip_sample=True):
     return diffusers.DDPMScheduler(num_train_timesteps=num_steps,
                                    beta_schedule=DIFFUSERS_SCHEDULE[schedule],

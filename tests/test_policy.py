@@ -13,15 +13,6 @@ CLAD_CFG, POLICY_CFG = MODEL_PRESETS["ci"]
 B = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops run fastest on one thread (and leave the other core to the rest of CI)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def policy(**overrides) -> ForesightPolicy:
     torch.manual_seed(0)
     return ForesightPolicy(dataclasses.replace(POLICY_CFG, **overrides))

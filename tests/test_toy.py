@@ -9,15 +9,6 @@ from clad_lite import toy
 from clad_lite.ddpm import DDPM
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops run fastest on one thread (and leave the other core to the rest of CI)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def ci():
     return toy.ToyConfig.for_profile("ci")
