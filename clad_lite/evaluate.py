@@ -75,7 +75,6 @@ agentview | wrist, upright, 20 fps)::
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import math
@@ -434,19 +433,11 @@ class Agent:
     # ---------------------------------------------------------------- helpers
     def env(self, task_id: int):
         """The task's environment, shared by every Agent of this process (building one takes seconds)."""
-        from clad_lite.sim import LiberoEnv
+        from clad_lite.sim import cached_env
 
         horizon = max(int(self.spec["max_steps"]) + int(self.spec["warmup_steps"]) + 10, 1000)
-        key = (self.spec["suite"], task_id, self.env_cameras, self.profile.data.image_size, horizon)
-        if key not in _ENVS:
-            close_environments()  # one environment at a time per process
-            _ENVS[key] = LiberoEnv(self.spec["suite"], task_id, render=True, camera_obs=False, cameras=self.env_cameras,
-                                   image_size=self.profile.data.image_size, horizon=horizon)
-            # registered after robosuite's own exit handlers (robosuite is imported by the first
-            # LiberoEnv), so it runs before them: the GL contexts are freed while EGL still exists
-            atexit.unregister(close_environments)
-            atexit.register(close_environments)
-        env = _ENVS[key]
+        env = cached_env(self.spec["suite"], task_id, render=True, camera_obs=False, cameras=self.env_cameras,
+                         image_size=self.profile.data.image_size, horizon=horizon)
         # upstream LIBERO rebuilds the MjSim on every reset (hard_reset=True, seconds on CPU); the fixed init
         # state then overwrites the whole [time, qpos, qvel] state, so fast_reset (no rebuild) starts from the
         # same state; only solver warm-start caches differ
@@ -586,17 +577,11 @@ class Agent:
                 "pid": os.getpid()}
 
 
-_ENVS: dict = {}
-
-
 def close_environments() -> None:
-    """Close this process's cached simulator environment(s)."""
-    for env in _ENVS.values():
-        try:
-            env.close()
-        except Exception:  # noqa: BLE001, S110 - GL teardown noise at exit
-            pass
-    _ENVS.clear()
+    """Close this process's cached simulator environment (see ``clad_lite.sim.cached_env``)."""
+    from clad_lite.sim import close_cached_envs
+
+    close_cached_envs()
 
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import multiprocessing
 import os
 import subprocess
@@ -44,6 +45,17 @@ CONTROL_FREQ = 20
 MAX_EPISODE_STEPS = {"libero_10": 520, "libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_90": 400}
 # action that holds the arm still with the gripper open (evaluation warm-up, settling)
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
+
+class _NoMacroFileAdvice(logging.Filter):
+    """robosuite advises, at every import, to create a private macro file; we need none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("macro file" in message or "setup_macros.py" in message)
+
+
+# robosuite logs through this logger; the filter must be in place before robosuite is imported
+logging.getLogger("robosuite_logs").addFilter(_NoMacroFileAdvice())
 
 _GL_PROBE = (
     "import mujoco\n"
@@ -314,3 +326,38 @@ def settle(env: LiberoEnv, steps: int = SETTLE_STEPS) -> dict:
     for _ in range(steps):
         obs, _, _, _ = env.step(NOOP_ACTION)
     return obs
+
+
+# ----------------------------------------------------------------------------- per-process cache
+# Building a LiberoEnv takes seconds (robosuite parses the whole MJCF), so generator and
+# evaluation workers keep one environment per process and rebuild it only when the task or
+# the mode changes.
+_CACHED: dict = {}
+
+
+def cached_env(suite: str, task_id: int, **kwargs) -> LiberoEnv:
+    """This process's environment for ``(suite, task_id, kwargs)``; the previous one is closed.
+
+    The cache is freed at interpreter exit by a handler registered *after* robosuite's own
+    (robosuite is imported by the first LiberoEnv), so it runs first and the GL contexts are
+    released while EGL still exists (no teardown tracebacks from worker processes).
+    """
+    key = (suite, task_id, tuple(sorted(kwargs.items())))
+    if key not in _CACHED:
+        close_cached_envs()
+        _CACHED[key] = LiberoEnv(suite, task_id, **kwargs)
+        import atexit
+
+        atexit.unregister(close_cached_envs)
+        atexit.register(close_cached_envs)
+    return _CACHED[key]
+
+
+def close_cached_envs() -> None:
+    """Close this process's cached environment (idempotent)."""
+    for env in _CACHED.values():
+        try:
+            env.close()
+        except Exception:  # noqa: BLE001 - a half-torn-down GL context at exit is harmless
+            pass
+    _CACHED.clear()

@@ -96,3 +96,14 @@ def test_restored_states_render_without_gripper_markers():
     with LiberoEnv("libero_10", 0, render=True, camera_obs=False, image_size=64) as fresh:
         fresh.set_sim_state(state)
         np.testing.assert_array_equal(fresh.render_cameras()["agentview"], expected)
+
+
+def test_cached_env_is_reused_per_key_and_closes_the_previous_one():
+    from clad_lite.sim import cached_env, close_cached_envs
+
+    first = cached_env("libero_10", 2, render=False)
+    assert cached_env("libero_10", 2, render=False) is first
+    second = cached_env("libero_10", 3, render=False)
+    assert second is not first and first._control is None  # the previous one was closed
+    close_cached_envs()
+    assert second._control is None

@@ -184,21 +184,11 @@ def make_standin_policy(env, rng):
 
 
 # =========================================================================== worker side
-_ENV: dict = {}
-
-
 def _get_env(suite: str, task_id: int, render: bool, image_size: int, multisample: bool):
     """One cached environment per worker process (rebuilt when the task or mode changes)."""
-    from clad_lite.sim import LiberoEnv
+    from clad_lite.sim import cached_env
 
-    key = (suite, task_id, render, image_size, multisample)
-    if key not in _ENV:
-        for env in _ENV.values():
-            env.close()
-        _ENV.clear()
-        _ENV[key] = LiberoEnv(suite, task_id, render=render, camera_obs=False,
-                              image_size=image_size, multisample=multisample)
-    return _ENV[key]
+    return cached_env(suite, task_id, render=render, camera_obs=False, image_size=image_size, multisample=multisample)
 
 
 def _atomic_h5(path: Path):
@@ -339,9 +329,9 @@ class _InlineExecutor:
         return future
 
     def shutdown(self, *args, **kwargs):
-        for env in _ENV.values():
-            env.close()
-        _ENV.clear()
+        from clad_lite.sim import close_cached_envs
+
+        close_cached_envs()
 
 
 def _executor(workers: int):
