@@ -65,12 +65,18 @@ def _positive(section: str, **values):
 
 @dataclass
 class DataConfig:
-    """Demonstrations: which tasks, how many, at what image size."""
+    """Demonstrations: which tasks, how many, at what image size, which steps rendered.
+
+    ``image_stride`` = s renders only every s-th step (rendering dominates the cost of a data
+    set on a CPU, see clad_lite.demos.hdf5); τ must be a multiple of it, because training
+    windows need images at t - τ, t and t + τ.
+    """
 
     suite: str = "libero_10"
     tasks: tuple[int, ...] = tuple(range(10))
     demos_per_task: int = 50
     image_size: int = 128
+    image_stride: int = 1
     cameras: tuple[str, ...] = ("agentview_rgb", "eye_in_hand_rgb")
     proprio: str = "paper"
     root: str = "data"
@@ -83,7 +89,8 @@ class DataConfig:
         _check(self.suite in SUITES, f"data.suite must be one of {SUITES}, got {self.suite!r}")
         _check(len(self.tasks) > 0 and len(set(self.tasks)) == len(self.tasks), f"data.tasks must be distinct, got {self.tasks}")
         _check(all(isinstance(t, int) and 0 <= t < 90 for t in self.tasks), f"data.tasks out of range: {self.tasks}")
-        _positive("data", demos_per_task=self.demos_per_task, image_size=self.image_size, workers=self.workers)
+        _positive("data", demos_per_task=self.demos_per_task, image_size=self.image_size, workers=self.workers,
+                  image_stride=self.image_stride)
         # the paper's joint angles + velocities, or the 9-D vector of the authors' code (see
         # clad_lite.demos.windows: official LIBERO files have no joint velocities)
         _check(self.proprio in PROPRIO_MODES, f"data.proprio must be one of {sorted(PROPRIO_MODES)}, got {self.proprio!r}")
@@ -132,6 +139,9 @@ class EvalConfig:
     videos_per_task: int = 2
     workers: int = 2
     seed: int = 7
+    # no MjSim rebuild per episode (≈ 10 ms instead of 5-9 s on this CPU; trajectories drift by
+    # ~1e-5 from upstream's, see clad_lite.evaluate); recorded in results.json's protocol
+    fast_reset: bool = False
 
     def __post_init__(self):
         _positive("eval", episodes_per_task=self.episodes_per_task, max_steps=self.max_steps, replan_every=self.replan_every,
@@ -161,6 +171,9 @@ class Profile:
                    f"{model_name}.vision_dim={model.vision_dim} but {n_cameras} cameras x encoder.embed_dim={self.encoder.embed_dim}")
             _check(model.language_dim == self.encoder.embed_dim,
                    f"{model_name}.language_dim={model.language_dim} but encoder.embed_dim={self.encoder.embed_dim}")
+        _check(self.clad.horizon % self.data.image_stride == 0,
+               f"data.image_stride={self.data.image_stride} must divide τ = clad.horizon={self.clad.horizon} "
+               "(windows need images at t - τ, t, t + τ)")
         _check(self.clad.horizon == self.policy.horizon == self.eval.replan_every,
                f"τ must agree: clad.horizon={self.clad.horizon}, policy.horizon={self.policy.horizon}, "
                f"eval.replan_every={self.eval.replan_every}")
@@ -178,17 +191,19 @@ def _profiles() -> dict[str, Profile]:
     return {
         "ci": _make(
             "ci",
-            DataConfig(tasks=(0, 2), demos_per_task=2, image_size=64, workers=1, root="data/ci"),
+            DataConfig(tasks=(0, 2), demos_per_task=2, image_size=64, image_stride=3, workers=1, root="data/ci"),
             TrainConfig(steps=30, batch_size=16, warmup_steps=5, checkpoint_every=10, log_every=5),
             TrainConfig(steps=30, batch_size=16, warmup_steps=5, checkpoint_every=10, log_every=5),
             EvalConfig(episodes_per_task=1, max_steps=60, videos_per_task=1, workers=1),
         ),
         "cpu": _make(
             "cpu",
-            DataConfig(demos_per_task=50, image_size=128, workers=2),
+            DataConfig(demos_per_task=50, image_size=128, image_stride=6, workers=2),
             TrainConfig(steps=6_000, batch_size=64, warmup_steps=300, checkpoint_every=1_000, log_every=50),
-            TrainConfig(steps=20_000, batch_size=64, warmup_steps=500, checkpoint_every=2_000, log_every=50),
-            EvalConfig(episodes_per_task=10, workers=2),
+            # stage 2 at 10K steps (≈ 27 epochs of the 23K windows) so that the whole run, both policies and
+            # their 2 x 100 rollouts, fits an afternoon on 2 cores; fast resets save 5-9 s per episode
+            TrainConfig(steps=10_000, batch_size=64, warmup_steps=500, checkpoint_every=2_000, log_every=50),
+            EvalConfig(episodes_per_task=10, workers=2, fast_reset=True),
         ),
         "paper": _make(
             "paper",

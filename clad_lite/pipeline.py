@@ -3,7 +3,7 @@
 ::
 
     python -m clad_lite pipeline --profile ci --out runs/quickstart          # minutes on 2 CPU cores
-    python -m clad_lite pipeline --profile cpu --out runs/pipeline_cpu --baseline --threads 2
+    python -m clad_lite pipeline --profile cpu --out runs/pipeline_cpu --baseline --parallel
     python -m clad_lite pipeline --profile ci --set stage2.steps=100 --skip-eval
 
 Six steps for ``libero_10``, each skipped when its output is already there *and complete*:
@@ -23,7 +23,9 @@ Six steps for ``libero_10``, each skipped when its output is already there *and 
 =====  ==============  ==============================================  ===============================
 
 ``--baseline`` adds the policy-only baseline (``policy.foresight=none``) with the same data and
-budget: ``OUT/policy_only/`` and ``OUT/eval_policy_only/``.
+budget: ``OUT/policy_only/`` and ``OUT/eval_policy_only/``. ``--parallel`` trains and evaluates
+it in a second process while CLaD's stage 1, stage 2 and evaluation run (one torch thread and
+one simulator worker each): the way to use both cores of a 2-core machine.
 
 **Skipping.** A killed step is never taken as done: each step's own completion marker decides
 (a training run stopped before its last step is *resumed* from ``last.pt``; ``generate`` and
@@ -191,6 +193,11 @@ class Pipeline:
                  train_workers: int = 0, eval_workers: int | None = None):
         from clad_lite.config import ConfigError, Profile, apply_overrides, get_profile, project_root
 
+        # what a second process needs to rebuild this pipeline (run(parallel=True))
+        self._init_args = {"profile": profile, "out": out, "overrides": list(overrides or ()), "data_dir": data_dir,
+                           "threads": threads, "progress": False, "verbose": verbose,
+                           "train_workers": train_workers, "eval_workers": eval_workers}
+
         try:
             base = profile if isinstance(profile, Profile) else get_profile(profile)
             self.overrides = [str(o) for o in overrides or ()]
@@ -283,6 +290,8 @@ class Pipeline:
             return False, "other image size"
         if config.get("suite") != d.suite or config.get("seed") != d.seed:
             return False, "other suite or seed"
+        if config.get("image_stride", 1) != d.image_stride:
+            return False, f"images rendered with stride {config.get('image_stride', 1)}, the profile wants {d.image_stride}"
         rows = {row["task_id"]: row for row in summary.get("tasks", [])}
         for task in d.tasks:
             row = rows.get(task)
@@ -315,9 +324,10 @@ class Pipeline:
         from clad_lite.demos.generate import GenerateConfig, generate
 
         self._announce("data", f"generating {d.demos_per_task} demos x tasks {list(d.tasks)} at {d.image_size} px "
-                               f"into {self.data_dir}")
+                               f"(images every {d.image_stride} steps) into {self.data_dir}")
         summary = generate(GenerateConfig(suite=d.suite, tasks=list(d.tasks), demos=d.demos_per_task,
                                           out=str(self.data_dir), workers=d.workers, image_size=d.image_size,
+                                          image_stride=d.image_stride,
                                           seed=d.seed, progress=self.progress))
         empty = [r["task_id"] for r in summary["tasks"] if r["demos"] == 0]
         if empty:
@@ -598,7 +608,8 @@ class Pipeline:
         evaluate(run_dir, out, suite=SUITE, tasks=tasks, episodes=e.episodes_per_task,
                  workers=self.eval_workers if self.eval_workers is not None else e.workers,
                  videos=e.videos_per_task, protocol="single", seed=e.seed, progress=self.progress,
-                 encoder=self.encoder(), max_steps=e.max_steps, warmup_steps=e.warmup_steps)
+                 encoder=self.encoder(), max_steps=e.max_steps, warmup_steps=e.warmup_steps,
+                 fast_reset=e.fast_reset)
         if not results_path.exists():
             raise UserError(f"the evaluation wrote no {results_path}")
         seconds = time.perf_counter() - start
@@ -614,13 +625,43 @@ class Pipeline:
         return "average success " + (f"{average:.0%}" if average is not None else "?") + f" over {len(rows)} task(s)"
 
     # ------------------------------------------------------------------ all of it
-    def run(self, baseline: bool = False, skip_eval: bool = False) -> dict:
-        """Every step (and the policy-only baseline); returns ``{"steps", "results", "table", ...}``."""
+    def run(self, baseline: bool = False, skip_eval: bool = False, parallel: bool = False) -> dict:
+        """Every step (and the policy-only baseline); returns ``{"steps", "results", "table", ...}``.
+
+        ``parallel`` (with ``baseline``): once the embeddings exist, train and evaluate the
+        baseline in a second (spawned) process while this one does stage 1, stage 2 and the
+        evaluation of CLaD - on a 2-core machine with one torch thread and one simulator
+        worker each, that halves the wall time. The second process writes the same outputs
+        and stamps as a sequential run, so the summary below simply reuses them.
+        """
         self.steps, self._memo = [], {}
         self._planned = len(self.STEPS) + (2 if baseline else 0)
         start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         runs = [("policy", (), "clad")] + ([("policy_only", BASELINE_OVERRIDES, None)] if baseline else [])
+        if parallel and baseline:
+            self.embeddings()
+            import multiprocessing as mp
+
+            # one torch thread and one simulator worker per process unless told otherwise
+            if self.eval_workers is None:
+                self.eval_workers = 1
+            if not self.threads:
+                self.threads = 1
+                self._set_threads(1)
+            init_args = {**self._init_args, "eval_workers": self.eval_workers, "threads": self.threads}
+            child = mp.get_context("spawn").Process(target=_baseline_chain, args=(init_args, skip_eval),
+                                                    name="clad_lite-baseline")
+            child.start()
+            try:
+                self.stage2("policy", (), "clad")
+                if not skip_eval:
+                    self.evaluate("policy")
+            finally:
+                child.join()
+            if child.exitcode != 0:
+                raise UserError(f"the baseline process failed (exit code {child.exitcode}); its messages are above. "
+                                "Re-running the same command resumes it")
         for name, overrides, clad in runs:
             self.stage2(name, overrides, clad)
         results = {}
@@ -642,6 +683,59 @@ class Pipeline:
         if self.verbose:
             print(summary["table"], flush=True)
         return summary
+
+    def publish(self, dest=None) -> list[str]:
+        """Copy the small, committable results of this pipeline into ``dest`` (default
+        ``figures/results``), named ``libero_10_<profile>...`` as :mod:`clad_lite.reports` looks
+        for them: each evaluation's ``results.json`` (``_policy_only`` for the baseline), each
+        training run's loss curve and CSV log, the lite encoder's summary (``encoder_libero_10.json``
+        for the ``cpu`` profile, ``encoder_libero_10_<profile>.json`` otherwise), ``pipeline.json``
+        (the step report) and a filmstrip of one CLaD rollout per task. Returns the files written.
+        """
+        import shutil
+
+        from clad_lite.config import project_root
+
+        dest = Path(dest) if dest is not None else Path(project_root()) / "figures" / "results"
+        dest.mkdir(parents=True, exist_ok=True)
+        stem = f"{SUITE}_{self.profile.name}"
+        written = []
+
+        def copy(source: Path, name: str) -> None:
+            if source.is_file():
+                shutil.copyfile(source, dest / name)
+                written.append(str(dest / name))
+
+        for run_dir in sorted(p for p in self.out.iterdir() if p.is_dir() and (p / "last.pt").exists()):
+            suffix = "" if run_dir.name == "policy" else f"_{run_dir.name}"
+            copy(self.out / f"eval_{run_dir.name}" / RESULTS_NAME, f"{stem}{suffix}.json")
+            copy(run_dir / "loss_curve.png", f"{stem}_{run_dir.name}_loss.png")
+            copy(run_dir / "train_log.csv", f"{stem}_{run_dir.name}_train_log.csv")
+        encoder = self.out / ENCODER_NAME
+        if self.profile.encoder.kind == "lite" and encoder.is_file():
+            import torch
+
+            summary = torch.load(encoder, map_location="cpu", weights_only=True).get("summary")
+            if summary is not None:  # the cpu profile's encoder is the project's reference lite encoder
+                name = f"encoder_{SUITE}.json" if self.profile.name == "cpu" else f"encoder_{SUITE}_{self.profile.name}.json"
+                _write_json(dest / name, summary)
+                written.append(str(dest / name))
+        copy(self.out / REPORT_NAME, f"{stem}_pipeline.json")
+        # figures 6-9: the first rollout video of each task as a filmstrip (a small PNG, not the videos)
+        first = {}
+        for video in sorted((self.eval_dir("policy") / "videos").glob("task*_ep*.mp4")):
+            first.setdefault(video.name.split("_")[0], video)
+        if first:
+            import matplotlib.pyplot as plt
+
+            from clad_lite.reports import filmstrip_figure
+
+            fig, _ = filmstrip_figure({video.stem: video for video in first.values()}, count=6,
+                                      title=f"CLaD rollouts, profile {self.profile.name} ({self.out.name})")
+            fig.savefig(dest / f"{stem}_rollouts.png", dpi=60)
+            plt.close(fig)
+            written.append(str(dest / f"{stem}_rollouts.png"))
+        return written
 
     def figures(self) -> list[str]:
         return [str(p) for p in sorted(self.out.glob("*/loss_curve.png")) + sorted(self.out.glob("eval_*/*.png"))]
@@ -704,6 +798,14 @@ def _result_rows(results: dict) -> tuple[list[dict], float | None]:
 
 
 # =========================================================================== CLI
+def _baseline_chain(init_args: dict, skip_eval: bool) -> None:
+    """The policy-only baseline's stage 2 and evaluation, in a process of its own (``run(parallel=True)``)."""
+    pipe = Pipeline(**init_args)
+    pipe.stage2("policy_only", BASELINE_OVERRIDES, None)
+    if not skip_eval:
+        pipe.evaluate("policy_only")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "pipeline", help="the end-to-end lite run: data, encoder, embeddings, stage 1, stage 2, eval (skips what is done)",
@@ -717,7 +819,12 @@ def register(subparsers) -> None:
     parser.add_argument("--baseline", action="store_true",
                         help="also train and evaluate the policy-only baseline (policy.foresight=none), same data and budget")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: leave as is)")
+    parser.add_argument("--parallel", action="store_true",
+                        help="with --baseline: train and evaluate the baseline in a second process at the same time")
     parser.add_argument("--skip-eval", action="store_true", help="stop after training")
+    parser.add_argument("--publish", nargs="?", const="figures/results", default=None, metavar="DIR",
+                        help="afterwards copy results.json files, loss curves and the encoder summary into DIR "
+                             "(default figures/results), named as the notebooks look for them")
     parser.add_argument("--eval-workers", type=int, default=None, help="simulator processes for the evaluation "
                                                                        "(default: eval.workers)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (the step lines stay)")
@@ -729,5 +836,10 @@ def _main(args) -> int:
         raise UserError("--threads must be >= 1")
     pipe = Pipeline(args.profile, out=args.out, overrides=args.set or [], data_dir=args.data, threads=args.threads,
                     progress=not args.no_progress, eval_workers=args.eval_workers)
-    pipe.run(baseline=args.baseline, skip_eval=args.skip_eval)
+    if args.parallel and not args.baseline:
+        raise UserError("--parallel runs the baseline beside CLaD: it needs --baseline")
+    pipe.run(baseline=args.baseline, skip_eval=args.skip_eval, parallel=args.parallel)
+    if args.publish is not None:
+        for path in pipe.publish(args.publish):
+            print(f"published {path}")
     return 0

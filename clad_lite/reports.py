@@ -112,6 +112,33 @@ def table1(results: dict | None, profile_name: str, source: str | None = None) -
             + "\n\nPaper: † = 20 rollouts x top-3 checkpoints, ‡ = 50 rollouts, one checkpoint (percent).")
 
 
+def foresight_gain_table(clad: dict, baseline: dict, profile_name: str, sources: dict | None = None) -> str:
+    """Per task: CLaD vs the policy-only baseline (same data and budget), and the difference.
+
+    The gain is measured, not assumed: each rate carries its interval, and the pooled difference
+    is given with the (normal-approximation) 95% interval of a difference of two proportions.
+    """
+    a = {int(t["task_id"]): t for t in clad["per_task"]}
+    b = {int(t["task_id"]): t for t in baseline["per_task"]}
+    rows = []
+    for i in sorted(set(a) | set(b)):
+        ta, tb = a.get(i), b.get(i)
+        diff = (f"{100 * (ta['successes'] / ta['episodes'] - tb['successes'] / tb['episodes']):+.0f}"
+                if ta and tb and ta["episodes"] and tb["episodes"] else MISSING)
+        name = P.TASK_NAMES[i] if i < len(P.TASK_NAMES) else str(i)
+        rows.append([f"{i + 1}. {name}", fmt_rate(ta["successes"], ta["episodes"], ta.get("ci95")) if ta else "not run",
+                     fmt_rate(tb["successes"], tb["episodes"], tb.get("ci95")) if tb else "not run", diff])
+    pa, pb = pooled(clad), pooled(baseline)
+    d = pa["rate"] - pb["rate"]
+    se = float(np.sqrt(pa["rate"] * (1 - pa["rate"]) / max(pa["episodes"], 1)
+                       + pb["rate"] * (1 - pb["rate"]) / max(pb["episodes"], 1)))
+    rows.append(["Avg. SR", fmt_rate(pa["successes"], pa["episodes"], pa["ci95"]),
+                 fmt_rate(pb["successes"], pb["episodes"], pb["ci95"]),
+                 f"{100 * d:+.1f} [{100 * (d - 1.96 * se):+.1f}, {100 * (d + 1.96 * se):+.1f}]"])
+    headers = ["task", f"CLaD ({profile_name})", f"policy only ({profile_name})", "difference (points)"]
+    return markdown_table(headers, rows) + _footer(profile_name, sources or {})
+
+
 def table2_3(bench_result: dict, params: dict, profile_name: str, avg: dict | None = None) -> str:
     """Tables 2 and 3: the project's measured efficiency (bench) next to the paper's CLaD / baselines."""
     p2, p3 = P.TABLE2, P.TABLE3

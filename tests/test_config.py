@@ -59,6 +59,11 @@ def test_overrides_are_typed_and_validated():
 def test_sections_must_agree_on_tensor_sizes():
     with pytest.raises(ConfigError, match="proprio"):
         apply_overrides(get_profile("ci"), ["data.proprio=authors_code"])  # 9-D data, 16-D model
+    assert apply_overrides(get_profile("cpu"), ["data.image_stride=2"]).data.image_stride == 2
+    with pytest.raises(ConfigError, match="image_stride"):  # windows need images at t ± τ = t ± 6
+        apply_overrides(get_profile("cpu"), ["data.image_stride=4"])
+    with pytest.raises(ConfigError, match="image_stride"):
+        apply_overrides(get_profile("cpu"), ["data.image_stride=0"])
 
 
 def _cli(*args, env=None):

@@ -217,3 +217,42 @@ def test_cache_like_embedding_source(ours):
     assert ds[0]["instruction_emb"].tolist() == [float(len(ds.instructions[0]))] * 2
     clone = pickle.loads(pickle.dumps(ds))
     assert clone[3]["agentview_rgb_next"].tolist() == [9.0] * 4
+
+
+def test_strided_images_give_windows_only_at_rendered_steps(tmp_path):
+    path = write_ours(tmp_path / "strided_demo.hdf5", lengths=(31, 20), image_stride=3)
+    ds = WindowDataset(path, tau=TAU, cameras=("agentview_rgb",), normalize=False, upright=False)
+    ts = [int(ds[i]["t"]) for i in range(len(ds)) if int(ds[i]["demo_index"]) == 0]
+    assert ts == list(range(0, 31, 3))
+    for i in range(len(ds)):
+        item = ds[i]
+        t, T = int(item["t"]), (31, 20)[int(item["demo_index"])]
+        last = ((T - 1) // 3) * 3  # the last rendered step (30 and 18)
+        expected = np.clip([t - TAU, t, t + TAU], 0, last)
+        # the synthetic images carry their step in the green channel: every image read is a rendered one
+        shown = [int(item[k][1, 0, 0]) for k in ("agentview_rgb_prev", "agentview_rgb", "agentview_rgb_next")]
+        assert shown == list(expected)
+        assert int(item["proprio_next"][0]) == expected[2]  # joint_states[:, 0] = t, unnormalised
+    # without cameras the stride does not matter: every step is a window
+    assert len(WindowDataset(path, tau=TAU, cameras=(), normalize=False)) == 31 + 20
+    inside = WindowDataset(path, tau=TAU, cameras=("agentview_rgb",), edge="inside", normalize=False)
+    assert [int(inside[i]["t"]) for i in range(len(inside)) if int(inside[i]["demo_index"]) == 0] == list(range(6, 25, 3))
+    with pytest.raises(ValueError, match="not a multiple"):
+        WindowDataset(path, tau=4, cameras=("agentview_rgb",), normalize=False)
+
+
+def test_strided_file_layout(tmp_path):
+    path = write_ours(tmp_path / "strided_demo.hdf5", lengths=(10,), image_stride=4)
+    with H.DemoFile(path) as f:
+        assert f.image_stride == 4
+        np.testing.assert_array_equal(f.image_frames("demo_0"), [0, 4, 8])
+        images = f.read("demo_0", ["obs/agentview_rgb"])["obs/agentview_rgb"]
+        assert images.shape[0] == 10 and images[[1, 2, 3, 5, 9]].max() == 0
+        assert [int(images[t, 0, 0, 1]) for t in (0, 4, 8)] == [0, 4, 8]
+        assert f.dataset("demo_0", "obs/agentview_rgb").id.get_storage_size() < images[:3].nbytes  # 3 of 10 stored
+    assert H.validate_file(path, require_images=True, deep=True).image_size == (16, 16)
+    with pytest.raises(ValueError, match="expected 3"):
+        import h5py
+
+        with h5py.File(tmp_path / "x.h5", "w") as f:
+            H.write_strided_images(f, "agentview_rgb", np.zeros((2, 4, 4, 3), np.uint8), 10, 4)

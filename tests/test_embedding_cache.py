@@ -100,3 +100,30 @@ def test_embed_command(setup, capsys):
     assert index["cameras"] == ["agentview_rgb"] and index["encoder_spec"] == ckpt
     assert main(["embed", "--data", str(data), "--encoder", str(data / "missing.pt"), "--no-progress"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_strided_files_embed_rendered_steps_only(tmp_path):
+    from clad_lite.demos.fixtures import INSTRUCTION, write_ours
+    from clad_lite.demos.windows import WindowDataset
+
+    data = tmp_path / "strided"
+    data.mkdir()
+    write_ours(data / "strided_demo.hdf5", lengths=(13, 8), image_stride=3)
+    ckpt = _encoder_checkpoint(tmp_path / "a.pt", 0, [INSTRUCTION])
+    encoder = load_encoder(ckpt)
+    embed_directory(data, ckpt, batch_size=2, dtype="float32")  # batches smaller than a demo
+    cache = EmbeddingCache(cache_dir_for(data, encoder.hash()), expected_hash=encoder.hash())
+    (demo_file,) = demo_files(data)
+    assert demo_file.image_stride == 3
+    for demo, T in demo_file.lengths.items():
+        rendered = np.arange(0, T, 3)
+        cached = cache.frames("strided_demo", demo, "agentview_rgb")
+        assert cached.shape == (T, 8)
+        unrendered = np.setdiff1d(np.arange(T), rendered)
+        assert np.isnan(cached[unrendered]).all() and np.isfinite(cached[rendered]).all()
+        expected = encoder.encode_images(demo_file.frames(demo, "agentview_rgb", rendered), camera="agentview_rgb")
+        np.testing.assert_allclose(cached[rendered], expected.numpy(), rtol=1e-5, atol=1e-5)
+    # training windows read only rendered steps: no NaN reaches a batch
+    windows = WindowDataset(data / "strided_demo.hdf5", cameras=("agentview_rgb",), embeddings=cache, normalize=False)
+    assert all(torch.isfinite(windows[i]["agentview_rgb_next"]).all() for i in range(len(windows)))
+    cache.close()

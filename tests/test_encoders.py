@@ -202,3 +202,19 @@ def test_frozen_encoder_parameter_counts():
     assert frozen_encoder_parameters("paper") == 102_007_137  # OpenAI CLIP RN50
     assert frozen_encoder_parameters("ci") < frozen_encoder_parameters("cpu")
     assert frozen_encoder_parameters("nonexistent") is None
+
+
+def test_clips_of_strided_files_use_rendered_steps_only(tmp_path):
+    from clad_lite.demos.fixtures import write_ours
+    from clad_lite.encoders.data import demo_files
+    from clad_lite.encoders.decision_nce import sample_batch, split_demos
+
+    write_ours(tmp_path / "strided_demo.hdf5", lengths=(20, 17, 11), image_stride=4)
+    files = demo_files(tmp_path)
+    split = split_demos(files, holdout_frac=0.3, seed=0)
+    config = EncoderConfig(batch_size=16, clip_range=(0.25, 1.0))
+    frames, labels = sample_batch(split, split.by_instruction(), config, np.random.default_rng(0))
+    steps = frames[:, 0, 0, 1].astype(int)  # the synthetic frames carry their step in green
+    shown_black = frames.reshape(len(frames), -1).max(axis=1) == 0
+    assert not shown_black.any() and (steps % 4 == 0).all()
+    assert (steps[1::2] > steps[0::2]).all()  # end after start

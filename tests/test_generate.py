@@ -70,12 +70,17 @@ def fake_render_demo(job):
         raise RuntimeError("killed")
     with H.DemoFile(job["file"]) as f:
         T = f.length(job["demo"])
-    size = job["image_size"]
+    size, stride = job["image_size"], job.get("image_stride", 1)
+    steps = H.image_frames(T, stride)
     with h5py.File(job["part"], "w") as f:
         group = f.create_group("obs")
         for i, key in enumerate(H.IMAGE_KEYS):
-            H.write_obs(group, key, np.full((T, size, size, 3), 10 * i + int(job["demo"][5:]), np.uint8))
-    record = {"task_id": job["task_id"], "demo": job["demo"], "frames": 2 * T, "render_seconds": 0.1, "seconds": 0.1}
+            frames = np.full((len(steps), size, size, 3), 10 * i + int(job["demo"][5:]), np.uint8)
+            frames[:, 0, 0, 0] = steps + 1  # which step each frame shows (never 0: unwritten rows are)
+            H.write_obs(group, key, frames)
+        group.attrs["image_stride"] = stride
+    record = {"task_id": job["task_id"], "demo": job["demo"], "frames": 2 * len(steps), "render_seconds": 0.1,
+              "seconds": 0.1}
     G._write_json_atomic(G.Path(job["part"]).with_suffix(".json"), record)
     return record
 
@@ -168,6 +173,37 @@ def test_pass2_resumes_and_merges(fake_sim, tmp_path):
     RENDER_CALLS.clear()
     G.generate(_cfg(out, tasks=[0], demos=4))
     assert RENDER_CALLS == [(0, "demo_3")] and H.validate_file(path, require_images=True).num_demos == 4
+
+
+def test_image_stride_renders_every_sth_step_and_restride_rerenders(fake_sim, tmp_path):
+    out = tmp_path / "strided"
+    summary = G.generate(_cfg(out, tasks=[0], demos=3, image_stride=2))
+    path = next(out.glob("*.hdf5"))
+    with H.DemoFile(path) as f:
+        assert f.image_stride == 2 and f.images_rendered
+        for demo in f.demos:
+            T = f.length(demo)
+            images = f.read(demo, ["obs/agentview_rgb"])["obs/agentview_rgb"]
+            assert images.shape[0] == T  # the official shape
+            np.testing.assert_array_equal(f.image_frames(demo), np.arange(0, T, 2))
+            marks = images[:, 0, 0, 0].astype(int)
+            np.testing.assert_array_equal(marks[::2], np.arange(0, T, 2) + 1)  # row t shows step t
+            assert (marks[1::2] == 0).all()  # never rendered, never stored
+    lengths = H.validate_file(path).lengths.values()
+    assert summary["tasks"][0]["pass2_frames"] == 2 * sum(len(range(0, T, 2)) for T in lengths)
+    # another stride re-renders every demo; the same stride again renders nothing
+    RENDER_CALLS.clear()
+    G.generate(_cfg(out, tasks=[0], demos=3, image_stride=1))
+    assert len(RENDER_CALLS) == 3
+    with H.DemoFile(path) as f:
+        assert f.image_stride == 1
+        marks = f.read("demo_0", ["obs/agentview_rgb"])["obs/agentview_rgb"][:, 0, 0, 0].astype(int)
+        np.testing.assert_array_equal(marks, np.arange(len(marks)) + 1)
+    RENDER_CALLS.clear()
+    G.generate(_cfg(out, tasks=[0], demos=3, image_stride=1))
+    assert RENDER_CALLS == []
+    with pytest.raises(G.UserError, match="image-stride"):
+        G.GenerateConfig(image_stride=0).resolved()
 
 
 def test_changed_settings_are_refused(fake_sim, tmp_path):

@@ -163,6 +163,33 @@ def test_baseline_uses_the_same_data_and_budget(first_run):
         assert (root / "run" / "eval_policy_only" / "results.json").is_file()
 
 
+def test_parallel_baseline_runs_in_a_second_process(first_run):
+    root, _, _ = first_run
+    pipe = Pipeline("ci", out=root / "parallel", overrides=overrides(root), threads=1, progress=False)
+    summary = pipe.run(baseline=True, skip_eval=not HAVE_EVAL, parallel=True)
+    got = statuses(summary["steps"])
+    # the second process trained (and evaluated) the baseline; the summary pass found it done
+    assert got["stage2:policy_only"] == "reused" and got["stage2:policy"] == "done", got
+    baseline = torch.load(root / "parallel" / "policy_only" / "last.pt", weights_only=True)
+    policy = torch.load(root / "parallel" / "policy" / "last.pt", weights_only=True)
+    assert baseline["config"]["policy"]["foresight"] == "none" and baseline["step"] == policy["step"]
+    if HAVE_EVAL:
+        assert got["eval:policy_only"] == "reused" and got["eval:policy"] == "done", got
+        assert (root / "parallel" / "eval_policy_only" / "results.json").is_file()
+    # publish: the committable results, named as clad_lite.reports finds them
+    written = {Path(p).name for p in pipe.publish(root / "published")}
+    assert {"libero_10_ci_clad_loss.png", "libero_10_ci_policy_loss.png", "libero_10_ci_policy_only_loss.png",
+            "libero_10_ci_policy_train_log.csv", "encoder_libero_10_ci.json", "libero_10_ci_pipeline.json"} <= written
+    encoder_summary = json.loads((root / "published" / "encoder_libero_10_ci.json").read_text())
+    assert "retrieval_top1" in encoder_summary and "git_sha" in encoder_summary["provenance"]
+    if HAVE_EVAL:
+        assert {"libero_10_ci.json", "libero_10_ci_policy_only.json", "libero_10_ci_rollouts.png"} <= written
+        published = json.loads((root / "published" / "libero_10_ci_policy_only.json").read_text())
+        assert published == json.loads((root / "parallel" / "eval_policy_only" / "results.json").read_text())
+    assert main(["pipeline", "--profile", "ci", "--parallel", "--out", str(root / "nothing")]) == 2  # no --baseline
+    assert not (root / "nothing").exists()
+
+
 def test_a_changed_setting_redoes_only_the_stale_steps(first_run):
     root, _, _ = first_run
     pipe = new_pipeline(root, "stage2.steps=24", "eval.workers=2")  # eval.workers changes no output

@@ -24,6 +24,15 @@ def test_table1_has_paper_columns_and_wilson():
     assert "94.7" in text
 
 
+def test_foresight_gain_table():
+    text = reports.foresight_gain_table(_results((2, 1), n=2), _results((1, 0), n=2), "cpu", {"CLaD": "a.json"})
+    lines = text.splitlines()
+    assert "CLaD (cpu)" in lines[0] and "policy only (cpu)" in lines[0]
+    assert "| +50 |" in lines[2] and "| +50 |" in lines[3]  # 2/2 vs 1/2 and 1/2 vs 0/2
+    # pooled 3/4 vs 1/4: +50 points, se = sqrt(2 * 0.75 * 0.25 / 4) = 0.306 -> [-10.0, +110.0]
+    assert "+50.0 [-10.0, +110.0]" in text and "a.json" in text
+
+
 def test_ablation_and_table6():
     text = reports.ablation_table({"clad": (_results(), "a.json"), "no_recon": (None, None)}, P.TABLE4 | {"clad": 94.7,
                                   "no_recon": 86.1}, "ci")

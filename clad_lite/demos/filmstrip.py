@@ -45,7 +45,8 @@ def make_filmstrip(paths, out=DEFAULT_OUT, *, frames: int = 6, demo: int = 0,
                 raise UserError(f"{path}: has {len(demos)} demos, no demo index {demo}")
             name = demos[demo]
             T = f.length(name)
-            steps = np.unique(np.linspace(0, T - 1, frames).round().astype(int))
+            rendered = f.image_frames(name)  # every step, or every s-th of a strided file
+            steps = rendered[np.unique(np.linspace(0, len(rendered) - 1, frames).round().astype(int))]
             images = f.read(name, [f"obs/{camera}"], frames=steps)[f"obs/{camera}"]
             attrs = f.attrs
             rows.append({"file": str(path), "demo": name, "steps": steps.tolist(), "length": T,

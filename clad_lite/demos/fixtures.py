@@ -84,8 +84,9 @@ def write_official_style(path, lengths=(30, 24), image_size: int = 16, instructi
 
 
 def write_ours(path, lengths=(30, 24), image_size: int = 16, instruction: str = INSTRUCTION,
-               images: bool = True):
-    """A file laid out as ``generate`` writes it (``images=False``: as after pass 1 only)."""
+               images: bool = True, image_stride: int = 1):
+    """A file laid out as ``generate`` writes it (``images=False``: as after pass 1 only;
+    ``image_stride`` = s: images only at every s-th step, as ``generate --image-stride s``)."""
     import h5py
 
     with h5py.File(path, "w") as f:
@@ -96,10 +97,16 @@ def write_ours(path, lengths=(30, 24), image_size: int = 16, instruction: str = 
                                   "images_rendered": images, "suite": "libero_10", "task_id": 0})
         for i, T in enumerate(lengths):
             demo = synthetic_demo(T, image_size, seed=i)
-            if not images:
+            strided = {}
+            if not images or image_stride > 1:
                 for key in H.IMAGE_KEYS:
-                    demo["obs"].pop(key)
-            H.write_demo(data, f"demo_{i}", demo, attrs={"attempt": i, "success": True})
+                    strided[key] = demo["obs"].pop(key)[::image_stride]
+            group = H.write_demo(data, f"demo_{i}", demo, attrs={"attempt": i, "success": True})
+            if images and image_stride > 1:
+                for key, frames in strided.items():
+                    H.write_strided_images(group["obs"], key, frames, T, image_stride)
         data.attrs["num_demos"] = len(lengths)
         data.attrs["total"] = int(sum(lengths))
+        if images:
+            data.attrs["image_stride"] = image_stride
     return path

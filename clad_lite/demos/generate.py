@@ -99,6 +99,7 @@ class GenerateConfig:
     render_only: bool = False  # only pass 2, on existing files
     workers: int = 1
     image_size: int = 128
+    image_stride: int = 1  # render every s-th step only (see clad_lite.demos.hdf5)
     seed: int = 0
     policy: str = DEFAULT_POLICY
     keep_failures: bool = False  # keep unsuccessful episodes too (machinery tests only)
@@ -115,8 +116,9 @@ class GenerateConfig:
         max_attempts = self.max_attempts if self.max_attempts is not None else 4 * self.demos
         if self.done_grace < 0:
             raise UserError("--done-grace must be >= 0")
-        if budget < 1 or self.demos < 1 or max_attempts < 1 or self.workers < 1 or self.image_size < 1:
-            raise UserError("--demos, --budget, --max-attempts, --workers and --image-size must be >= 1")
+        if budget < 1 or self.demos < 1 or max_attempts < 1 or self.workers < 1 or self.image_size < 1 \
+                or self.image_stride < 1:
+            raise UserError("--demos, --budget, --max-attempts, --workers, --image-size and --image-stride must be >= 1")
         return GenerateConfig(**{**asdict(self), "budget": budget, "max_attempts": max_attempts,
                                  "tasks": sorted(set(self.tasks))})
 
@@ -283,7 +285,8 @@ def run_attempt(job: dict) -> dict:
 
 
 def render_demo(job: dict) -> dict:
-    """Pass 2 for one demo: restore every recorded state, render both cameras, write a part."""
+    """Pass 2 for one demo: restore every ``image_stride``-th recorded state, render both
+    cameras, write a part holding the rendered frames in order."""
     start = time.perf_counter()
     env = _get_env(job["suite"], job["task_id"], True, job["image_size"], job["multisample"])
     with H.DemoFile(job["file"]) as demo_file:
@@ -292,13 +295,14 @@ def render_demo(job: dict) -> dict:
     if states.shape[1] != state_dim:
         raise RuntimeError(f"{job['file']}: data/{job['demo']}/states has width {states.shape[1]}, "
                            f"but this task's simulator state has {state_dim}")
-    frames = {key: np.empty((len(states), job["image_size"], job["image_size"], 3), np.uint8)
+    steps = H.image_frames(len(states), job.get("image_stride", 1))
+    frames = {key: np.empty((len(steps), job["image_size"], job["image_size"], 3), np.uint8)
               for key in H.CAMERA_KEYS.values()}
     render_start, cpu_start = time.perf_counter(), time.process_time()
-    for t, state in enumerate(states):
-        env.set_sim_state(state)
+    for row, t in enumerate(steps):
+        env.set_sim_state(states[t])
         for camera, image in env.render_cameras().items():
-            frames[H.CAMERA_KEYS[camera]][t] = image
+            frames[H.CAMERA_KEYS[camera]][row] = image
     render_seconds = time.perf_counter() - render_start
     render_cpu_seconds = time.process_time() - cpu_start
     path = Path(job["part"])
@@ -307,9 +311,11 @@ def render_demo(job: dict) -> dict:
         group = f.create_group("obs")
         for key, value in frames.items():
             H.write_obs(group, key, value)
+        group.attrs["length"] = len(states)
+        group.attrs["image_stride"] = job.get("image_stride", 1)
         group.attrs["complete"] = True
     os.replace(tmp, path)
-    record = {"task_id": job["task_id"], "demo": job["demo"], "frames": len(states) * len(frames),
+    record = {"task_id": job["task_id"], "demo": job["demo"], "frames": len(steps) * len(frames),
               "render_seconds": render_seconds, "render_cpu_seconds": render_cpu_seconds,
               "seconds": time.perf_counter() - start}
     _write_json_atomic(path.with_suffix(".json"), record)
@@ -486,6 +492,8 @@ def _build_task_file(cfg: GenerateConfig, task, selected: list[dict]) -> Path:
         data.attrs["images_rendered"] = all_images
         if all_images and old is not None and "image_size" in old["data"].attrs:
             data.attrs["image_size"] = old["data"].attrs["image_size"]
+        if old is not None and "image_stride" in old["data"].attrs:  # kept images were rendered with it
+            data.attrs["image_stride"] = old["data"].attrs["image_stride"]
     if old is not None:
         old.close()
     os.replace(tmp, path)
@@ -509,13 +517,22 @@ def _merge_renders(cfg: GenerateConfig, path: Path, task_id: int, demos: list[st
         data = f["data"]
         for demo in demos:
             with h5py.File(directory / f"render_{demo}.h5", "r") as part:
+                stride = int(part["obs"].attrs.get("image_stride", 1))
+                if stride != cfg.image_stride:
+                    raise RuntimeError(f"{directory / f'render_{demo}.h5'}: rendered with image stride {stride}, "
+                                       f"this run uses {cfg.image_stride}")
+                length = int(data[demo]["actions"].shape[0])
                 for key in H.IMAGE_KEYS:
                     if key in data[demo]["obs"]:
                         del data[demo]["obs"][key]
-                    f.copy(part["obs"][key], data[demo]["obs"], name=key)
+                    if stride == 1:
+                        f.copy(part["obs"][key], data[demo]["obs"], name=key)
+                    else:
+                        H.write_strided_images(data[demo]["obs"], key, part["obs"][key][()], length, stride)
         data.attrs["images_rendered"] = all(
             all(key in data[d]["obs"] for key in H.IMAGE_KEYS) for d in data if d.startswith("demo_"))
         data.attrs["image_size"] = cfg.image_size
+        data.attrs["image_stride"] = cfg.image_stride
         env_args = json.loads(data.attrs["env_args"])
         env_args.setdefault("env_kwargs", {}).update(camera_heights=cfg.image_size, camera_widths=cfg.image_size)
         data.attrs["env_args"] = json.dumps(env_args)
@@ -582,6 +599,16 @@ def _pass1(cfg: GenerateConfig, tasks, executor) -> dict[int, Path]:
     return files
 
 
+def _part_stride(part: Path) -> int | None:
+    import h5py
+
+    try:
+        with h5py.File(part, "r") as f:
+            return int(f["obs"].attrs.get("image_stride", 1))
+    except (OSError, KeyError):
+        return None
+
+
 def _pass2(cfg: GenerateConfig, tasks, executor) -> None:
     jobs, todo = [], {}
     for task in tasks:
@@ -595,17 +622,19 @@ def _pass2(cfg: GenerateConfig, tasks, executor) -> None:
         for stale in directory.glob("render_*.tmp"):
             stale.unlink()
         with H.DemoFile(path) as demo_file:
+            restride = demo_file.images_rendered and demo_file.image_stride != cfg.image_stride
             missing = [d for d in demo_file.demos
-                       if not all(f"obs/{k}" in demo_file.group(d) for k in H.IMAGE_KEYS)]
+                       if restride or not all(f"obs/{k}" in demo_file.group(d) for k in H.IMAGE_KEYS)]
             lengths = {d: demo_file.length(d) for d in missing}
         todo[task.task_id] = (path, missing)
         for demo in missing:
             part = directory / f"render_{demo}.h5"
-            if part.exists() and part.with_suffix(".json").exists():
+            if part.exists() and part.with_suffix(".json").exists() and _part_stride(part) == cfg.image_stride:
                 continue  # rendered before the run was stopped
             jobs.append(({"suite": cfg.suite, "task_id": task.task_id, "file": str(path), "demo": demo,
-                          "image_size": cfg.image_size, "multisample": cfg.multisample, "part": str(part)},
-                         lengths[demo] * len(H.IMAGE_KEYS)))
+                          "image_size": cfg.image_size, "image_stride": cfg.image_stride,
+                          "multisample": cfg.multisample, "part": str(part)},
+                         len(H.image_frames(lengths[demo], cfg.image_stride)) * len(H.IMAGE_KEYS)))
     bar = _progress(sum(n for _, n in jobs), "pass 2 render", "frame", cfg.progress)
     pending = {task_id: {j["demo"] for j, _ in jobs if j["task_id"] == task_id} for task_id in todo}
     queue = list(jobs)
@@ -771,6 +800,8 @@ def register(subparsers) -> None:
     mode.add_argument("--render-only", action="store_true", help="pass 2 only, on files made by pass 1")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (spawn); default 1")
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-stride", type=int, default=1,
+                        help="render every s-th step only (default 1 = every step; see clad_lite.demos.hdf5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-attempts", type=int, default=None, help="per task (default 4 x demos)")
     parser.add_argument("--budget", type=int, default=None,
@@ -789,7 +820,7 @@ def _main(args) -> int:
     cfg = GenerateConfig(
         suite=args.suite, tasks=parse_tasks(args.tasks), demos=args.demos, out=args.out or f"data/{args.suite}",
         render=not args.no_render, render_only=args.render_only, workers=args.workers,
-        image_size=args.image_size, seed=args.seed, policy=args.policy, keep_failures=args.keep_failures,
+        image_size=args.image_size, image_stride=args.image_stride, seed=args.seed, policy=args.policy, keep_failures=args.keep_failures,
         budget=args.budget, max_attempts=args.max_attempts, done_grace=args.done_grace, multisample=args.multisample,
         progress=not args.no_progress)
     summary = generate(cfg)

@@ -39,6 +39,14 @@ Time alignment differs and is recorded in ``obs_convention``:
 Images are stored like the official files (upside down); ours are compressed (chunked
 gzip, one chunk per frame, so random frame access stays cheap).
 
+**Image stride** (ours, ``data`` attr ``image_stride`` = s, default 1). Rendering, not
+physics, is the cost of a data set on a CPU (about 40 ms per frame and camera here, nearly
+independent of the image size), so generation may render only every s-th step: the image
+datasets keep the official shape (T, H, W, 3), but only rows t with t % s == 0 are written.
+The others are never stored (HDF5 does not allocate unwritten chunks) and read as black.
+:meth:`DemoFile.image_frames` lists the rendered rows; windows and the encoder read only
+those (τ must be a multiple of s). Official files have every frame (s = 1).
+
 Reading goes through :class:`DemoFile`, which validates on demand and raises
 :class:`DemoFormatError` naming the file, the demo and the key for anything missing,
 truncated (lengths that disagree inside a demo, or unreadable bytes) or mis-shaped.
@@ -159,6 +167,32 @@ def write_demo(data_group, name: str, demo: Mapping, *, attrs: Mapping | None = 
     return group
 
 
+def write_strided_images(obs_group, key: str, frames, length: int, stride: int):
+    """Write image rows 0, s, 2s, ... of a (length, H, W, 3) dataset; the rest stay unwritten.
+
+    ``frames`` is (ceil(length / stride), H, W, 3): the rendered steps in order.
+    """
+    frames = np.asarray(frames)
+    expected = len(range(0, length, stride))
+    if stride < 1 or len(frames) != expected:
+        raise ValueError(f"{key}: {len(frames)} frames for length {length} and stride {stride}; expected {expected}")
+    dataset = obs_group.create_dataset(key, shape=(length, *frames.shape[1:]), dtype=frames.dtype,
+                                       chunks=(1, *frames.shape[1:]), fillvalue=0, **IMAGE_COMPRESSION)
+    for row, t in enumerate(range(0, length, stride)):
+        dataset[t] = frames[row]
+    return dataset
+
+
+def image_frames(length: int, stride: int) -> np.ndarray:
+    """The rendered steps 0, s, 2s, ... < length of a demo (all steps when s = 1)."""
+    return np.arange(0, length, stride, dtype=np.int64)
+
+
+def last_image_frame(length: int, stride: int) -> int:
+    """The last rendered step of a demo of ``length`` steps."""
+    return ((length - 1) // stride) * stride
+
+
 def write_obs(obs_group, key: str, value, *, compress_images: bool = True):
     value = np.asarray(value)
     if key in IMAGE_KEYS and compress_images:
@@ -253,6 +287,18 @@ class DemoFile:
     def images_rendered(self) -> bool:
         """Ours: False between generation pass 1 and pass 2. Official files: always True."""
         return bool(self.data.attrs.get("images_rendered", True))
+
+    @property
+    def image_stride(self) -> int:
+        """Images exist at steps 0, s, 2s, ... (ours may render every s-th step; official: 1)."""
+        stride = int(self.data.attrs.get("image_stride", 1))
+        if stride < 1:
+            raise DemoFormatError(self.path, f"attribute 'image_stride' must be >= 1, got {stride}")
+        return stride
+
+    def image_frames(self, demo: str) -> np.ndarray:
+        """The steps of ``demo`` whose images were rendered (int64, increasing)."""
+        return image_frames(self.length(demo), self.image_stride)
 
     @property
     def attrs(self) -> dict:

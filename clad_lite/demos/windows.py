@@ -35,6 +35,11 @@ recording started); future actions after the end hold still with the last grippe
 ``[0, 0, 0, 0, 0, 0, g_{T-1}]``. Padded steps are flagged in the ``*_is_pad`` masks.
 ``"inside"`` keeps only windows with no padding at all: τ <= t <= T-1-τ.
 
+**Image stride**: a file whose images exist only at every s-th step (``image_stride`` = s,
+see :mod:`clad_lite.demos.hdf5`) gives windows only at t = 0, s, 2s, ... when cameras are
+read (τ must be a multiple of s), and frames clamp to the last rendered step instead of
+T-1. Without cameras every step is a window.
+
 **Images** come out channel-first uint8, flipped upright by default (``upright=True``; the
 files store them upside down). **Embeddings**: pass ``embeddings``, a callable
 ``embeddings(file, demo, t, camera) -> array (len(t), D)`` where ``file`` is the file path
@@ -268,6 +273,7 @@ class WindowDataset(_torch_dataset_base()):
 
         self.instructions: list[str] = []
         self._demos: list[tuple[int, str]] = []  # (file index, demo name)
+        self._stride: list[int] = []  # per demo: image stride of its file (1 without cameras)
         self._task: list[int] = []
         self._actions: list[np.ndarray] = []
         self._proprio: list[np.ndarray] = []
@@ -283,6 +289,9 @@ class WindowDataset(_torch_dataset_base()):
                             "files lack; use proprio='authors_code'", error.demo, error.key) from None
                     raise
                 instruction = f.instruction
+                stride = f.image_stride if self.cameras else 1
+                if tau % stride:
+                    raise ValueError(f"{path}: images every {stride} steps, but τ = {tau} is not a multiple of that")
                 if instruction not in self.instructions:
                     self.instructions.append(instruction)
                 task_id = self.instructions.index(instruction)
@@ -292,10 +301,11 @@ class WindowDataset(_torch_dataset_base()):
                     T = len(actions)
                     demo_index = len(self._demos)
                     self._demos.append((file_index, demo))
+                    self._stride.append(stride)
                     self._task.append(task_id)
                     self._actions.append(actions)
                     self._proprio.append(np.concatenate([np.asarray(arrays[k], np.float64) for k in proprio_keys], 1))
-                    ts = range(T) if edge == "pad" else range(tau, T - tau)
+                    ts = range(0, T, stride) if edge == "pad" else range(tau, T - tau, stride)
                     index.extend((demo_index, t) for t in ts)
         self._index = np.asarray(index, dtype=np.int64).reshape(-1, 2)
         self.normalizer = None
@@ -338,10 +348,11 @@ class WindowDataset(_torch_dataset_base()):
         state["_handles"], state["_pid"] = {}, None
         return state
 
-    def window_indices(self, T: int, t: int):
-        """(frames at t-τ, t, t+τ clamped; past action indices; future action indices) for one window."""
+    def window_indices(self, T: int, t: int, stride: int = 1):
+        """(frames at t-τ, t, t+τ clamped to the rendered steps; past action indices; future
+        action indices) for one window."""
         tau = self.tau
-        frames = np.clip(np.array([t - tau, t, t + tau]), 0, T - 1)
+        frames = np.clip(np.array([t - tau, t, t + tau]), 0, H.last_image_frame(T, stride))
         return frames, np.arange(t - tau, t), np.arange(t, t + tau)
 
     def __getitem__(self, i: int) -> dict:
@@ -351,7 +362,7 @@ class WindowDataset(_torch_dataset_base()):
         file_index, demo = self._demos[demo_index]
         actions, proprio = self._actions[demo_index], self._proprio[demo_index]
         T = len(actions)
-        frames, past, future = self.window_indices(T, t)
+        frames, past, future = self.window_indices(T, t, self._stride[demo_index])
         past_pad, future_pad = past < 0, future >= T
         a_past = np.where(past_pad[:, None], NOOP_ACTION, actions[np.clip(past, 0, T - 1)])
         hold = np.zeros(7)

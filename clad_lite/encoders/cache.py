@@ -9,7 +9,8 @@ them next to the data, keyed by the encoder's hash:
     DIR/embeddings/<hash[:16]>/<stem>.hdf5       one per data file <stem>.hdf5:
         {demo_i}/{camera_key}   (T, E) float16 (or float32) per-frame embeddings, in the
                                  data's frame order; camera_key = agentview_rgb,
-                                 eye_in_hand_rgb (the HDF5 obs keys)
+                                 eye_in_hand_rgb (the HDF5 obs keys); rows of steps
+                                 without an image (files with an image stride) are NaN
         text                    (n_instructions, E) float32: every instruction of DIR
         attrs                   format, encoder_hash, embed_dim, cameras, instruction (this
                                  file's), instructions (rows of ``text``, JSON),
@@ -132,12 +133,19 @@ def embed_directory(data_dir: str | os.PathLike, encoder, cameras=("agentview_rg
             with h5py.File(tmp, "w") as out:
                 for demo, length in demo_file.lengths.items():
                     group = out.create_group(demo)
+                    rendered = demo_file.image_frames(demo)
                     for camera in cameras:
                         rows = []
-                        for lo in range(0, length, batch_size):
-                            frames = demo_file.frames(demo, camera, slice(lo, min(length, lo + batch_size)))
+                        for lo in range(0, len(rendered), batch_size):
+                            index = rendered[lo:lo + batch_size]
+                            frames = demo_file.frames(demo, camera, slice(int(index[0]), int(index[-1]) + 1,
+                                                                          demo_file.image_stride))
                             rows.append(encoder.encode_images(frames, camera=camera).cpu().numpy())
-                        group.create_dataset(camera, data=np.concatenate(rows).astype(dtype))
+                        # (T, E) rows aligned with the steps; steps without an image (strided
+                        # files) are NaN, so using one by mistake cannot go unnoticed
+                        table = np.full((length, encoder.embed_dim), np.nan, dtype=dtype)
+                        table[rendered] = np.concatenate(rows).astype(dtype)
+                        group.create_dataset(camera, data=table)
                         if bar is not None:
                             bar.update(1)
                 out.create_dataset("text", data=text)

@@ -2,17 +2,17 @@
 
 One HDF5 file per task: ``data/demo_i/obs/{agentview_rgb, eye_in_hand_rgb}`` (T, H, W, 3)
 uint8, stored upside down; ``data`` attrs ``problem_info`` = JSON with
-``language_instruction``.
+``language_instruction``. The metadata (instruction, demo lengths, image stride) comes from
+the project's validating reader, :class:`clad_lite.demos.hdf5.DemoFile`; frames are read
+here through one h5py handle kept open (the encoder reads many small batches).
 
->>> SWITCH POINT <<< ``_read_file_index`` is the only function that knows the file layout's
-metadata; it reads with h5py directly until the project's official reader
-(``clad_lite.demos.hdf5``) exists - then it should call that reader instead. Frames are
-read through ``DemoFile.frames`` (h5py datasets, kept open).
+Files rendered with an image stride s (:mod:`clad_lite.demos.hdf5`) have images only at
+steps 0, s, 2s, ...: :meth:`DemoFile.image_frames` lists them, and clips and embeddings use
+only those.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,34 +20,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from clad_lite.demos import hdf5 as H
 from clad_lite.encoders.base import canonical_camera
 
 
-def _demo_sort_key(name: str):
-    suffix = name.rsplit("_", 1)[-1]
-    return (0, int(suffix)) if suffix.isdigit() else (1, name)
-
-
-def _read_file_index(path: Path) -> tuple[str, dict[str, int]]:
-    """(language instruction, {demo name: length T}) of one LIBERO HDF5 file.  SWITCH POINT."""
-    with h5py.File(path, "r") as f:
-        if "data" not in f:
-            raise ValueError(f"{path}: no 'data' group (not a LIBERO demonstration file)")
-        group = f["data"]
-        instruction = None
-        if "problem_info" in group.attrs:
-            info = group.attrs["problem_info"]
-            info = info.decode() if isinstance(info, bytes) else str(info)
-            instruction = json.loads(info).get("language_instruction")
-        if not instruction:
-            raise ValueError(f"{path}: data attrs hold no problem_info.language_instruction")
-        if isinstance(instruction, list):  # some LIBERO files store it as a list of words / one string
-            instruction = " ".join(instruction)
-        lengths = {}
-        for name in sorted(group.keys(), key=_demo_sort_key):
-            if name.startswith("demo"):
-                lengths[name] = int(group[name]["obs"]["agentview_rgb"].shape[0])
-    return instruction.strip(), lengths
+def _read_file_index(path: Path) -> tuple[str, dict[str, int], int]:
+    """(language instruction, {demo name: length T}, image stride) of one LIBERO HDF5 file."""
+    with H.DemoFile(path) as f:
+        return f.instruction.strip(), f.lengths(), f.image_stride
 
 
 @dataclass
@@ -57,13 +37,14 @@ class DemoFile:
     path: Path
     instruction: str
     lengths: dict[str, int]
+    image_stride: int = 1
     _handle: h5py.File | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "DemoFile":
         path = Path(path)
-        instruction, lengths = _read_file_index(path)
-        return cls(path, instruction, lengths)
+        instruction, lengths, stride = _read_file_index(path)
+        return cls(path, instruction, lengths, stride)
 
     @property
     def stem(self) -> str:
@@ -72,6 +53,10 @@ class DemoFile:
     @property
     def demos(self) -> list[str]:
         return list(self.lengths)
+
+    def image_frames(self, demo: str) -> np.ndarray:
+        """The steps of ``demo`` whose images were rendered (all of them unless strided)."""
+        return H.image_frames(self.lengths[demo], self.image_stride)
 
     def frames(self, demo: str, camera: str, index=None) -> np.ndarray:
         """uint8 (n, H, W, 3) frames as stored; ``index`` = sorted int indices, a slice or None (all)."""

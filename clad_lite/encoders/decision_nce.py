@@ -134,8 +134,9 @@ def sample_batch(split: DemoSplit, pools, config: EncoderConfig, rng: np.random.
         file_index, demo = pool[int(rng.integers(len(pool)))]
         f = split.files[file_index]
         camera = config.cameras[int(rng.integers(len(config.cameras)))]
-        start, end = sample_clip(f.lengths[demo], config.clip_range, rng)
-        frames.append(f.frames(demo, camera, [start, end]))
+        rendered = f.image_frames(demo)  # every step, or every s-th of a strided file
+        start, end = sample_clip(len(rendered), config.clip_range, rng)
+        frames.append(f.frames(demo, camera, [rendered[start], rendered[end]]))
         labels.append(int(instruction_id))
     return np.concatenate(frames), torch.tensor(labels)
 
@@ -153,9 +154,10 @@ def evaluate_retrieval(encoder: FrozenEncoder, split: DemoSplit, cameras, clips_
         correct = total = full_correct = 0
         for file_index, demo in split.heldout:
             f = split.files[file_index]
-            length = f.lengths[demo]
-            clips = [sample_clip(length, clip_range, rng) for _ in range(clips_per_demo)]
-            clips.append((0, length - 1))  # the whole demonstration as one clip
+            rendered = f.image_frames(demo)
+            clips = [sample_clip(len(rendered), clip_range, rng) for _ in range(clips_per_demo)]
+            clips.append((0, len(rendered) - 1))  # the whole demonstration as one clip
+            clips = [(int(rendered[s]), int(rendered[e])) for s, e in clips]
             index = sorted({i for clip in clips for i in clip})
             embedding = encoder.encode_images(f.frames(demo, camera, index), camera=camera)
             row = {frame: k for k, frame in enumerate(index)}
@@ -192,6 +194,8 @@ def data_provenance(data_dir, files: list[DemoFile]) -> dict:
         "n_files": len(files),
         "n_demos": sum(len(f.lengths) for f in files),
         "n_frames": sum(sum(f.lengths.values()) for f in files),
+        "n_rendered_frames": sum(len(f.image_frames(d)) for f in files for d in f.demos),
+        "image_stride": sorted({f.image_stride for f in files}),
         "files": [{"name": f.path.name, "instruction": f.instruction, "n_demos": len(f.lengths),
                    "bytes": f.fingerprint()["size"]} for f in files],
     }
