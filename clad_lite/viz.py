@@ -154,11 +154,13 @@ def attention_heatmap(ax, weights: torch.Tensor, query_labels: list[str], key_la
 
 
 def window_figure(images: dict[str, torch.Tensor], proprio: torch.Tensor, t: int, tau: int,
-                  actions_past: torch.Tensor, title: str = ""):
+                  actions_past: torch.Tensor, title: str = "", steps=None):
     """One real window: camera frames at t-tau, t, t+tau, the proprio trajectory, a^{t-tau:t}.
 
     images: {"t-τ": (3, H, W) uint8, "t": ..., "t+τ": ...}; proprio (T, D_p) of the whole
-    demonstration (normalised); actions_past (tau, A) in [-1, 1].
+    demonstration (normalised); actions_past (tau, A) in [-1, 1]. ``t`` is a time step of the
+    demonstration; ``steps`` (T,) are the time steps of the rows of ``proprio`` (default 0..T-1;
+    with an image stride s the windows, and so the rows, exist only at every s-th step).
     """
     import matplotlib.pyplot as plt
 
@@ -170,7 +172,8 @@ def window_figure(images: dict[str, torch.Tensor], proprio: torch.Tensor, t: int
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     ax = fig.add_subplot(grid[0, 4])
-    ax.plot(proprio[:, :7].cpu().numpy(), lw=0.8)
+    x = range(len(proprio)) if steps is None else [int(step) for step in steps]
+    ax.plot(x, proprio[:, :7].cpu().numpy(), lw=0.8)
     for when, style in ((t - tau, ":"), (t, "-"), (t + tau, "--")):
         ax.axvline(when, color="k", ls=style, lw=1)
     ax.axvspan(t - tau, t, color="C1", alpha=0.2, label=r"$a^{t-\tau:t}$")

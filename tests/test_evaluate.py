@@ -48,6 +48,8 @@ def test_wilson_interval_known_values(k, n, lo, hi):
 
 def test_wilson_edge_cases_and_task_lists():
     assert wilson_interval(0, 0) == (0.0, 1.0)
+    for n in (10, 100, 500):                 # the ends are exact, not the formula's rounding residue
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
     with pytest.raises(ValueError):
         wilson_interval(3, 2)
     assert parse_tasks("0-3,7") == [0, 1, 2, 3, 7] and parse_tasks("5") == [5] and parse_tasks(None) is None

@@ -33,6 +33,14 @@ def test_foresight_gain_table():
     assert "+50.0 [-10.0, +110.0]" in text and "a.json" in text
 
 
+def test_modality_figure_with_zero_and_full_success():
+    """A 0% or 100% bar has a one-sided interval (the errorbar must not get a negative length)."""
+    zero, full = _results((0, 0), n=100), _results((100, 100), n=100)
+    fig = reports.modality_figure({"policy_only": zero, "clad_p": None, "clad_s": None, "clad": full}, "cpu")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "0/200" in texts and "200/200" in texts and texts.count("not run") == 2
+
+
 def test_ablation_and_table6():
     text = reports.ablation_table({"clad": (_results(), "a.json"), "no_recon": (None, None)}, P.TABLE4 | {"clad": 94.7,
                                   "no_recon": 86.1}, "ci")
