@@ -212,8 +212,7 @@ def modality_figure(entries: dict, profile_name: str):
             pool = pooled(results)
             rate, (lo, hi) = 100 * pool["rate"], pool["ci95"]
             ax.bar(i - 0.2, rate, 0.4, color="tab:blue", label="project" if i == 0 else None)
-            ax.errorbar(i - 0.2, rate, yerr=[[max(rate - 100 * lo, 0.0)], [max(100 * hi - rate, 0.0)]],
-                        color="k", capsize=4)
+            ax.errorbar(i - 0.2, rate, yerr=[[rate - 100 * lo], [100 * hi - rate]], color="k", capsize=4)
             ax.text(i - 0.2, 100 * hi + 2, f"{pool['successes']}/{pool['episodes']}", ha="center", fontsize=8)
         else:
             ax.text(i - 0.2, 3, "not run", ha="center", rotation=90, fontsize=8)
