@@ -109,7 +109,14 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """One training stage: AdamW with linear warmup then cosine decay (paper: lr 3e-4)."""
+    """One training stage: AdamW with linear warmup then cosine decay (paper: lr 3e-4).
+
+    ``ema_decay`` > 0 keeps an exponential moving average of the weights beside them,
+    theta_ema <- decay * theta_ema + (1 - decay) * theta after every optimizer step (the
+    diffusion-policy practice; the paper does not say). Evaluation uses it when a checkpoint
+    holds one (``eval --weights``). 0 keeps none. Not to be confused with CLaD's EMA
+    *target encoders* of eq. 14, which are part of the stage-1 model itself.
+    """
 
     steps: int = 25_000
     batch_size: int = 128
@@ -120,8 +127,10 @@ class TrainConfig:
     checkpoint_every: int = 5_000
     log_every: int = 50
     seed: int = 3407  # the authors' seed
+    ema_decay: float = 0.0
 
     def __post_init__(self):
+        _check(0.0 <= self.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         _positive("train", steps=self.steps, batch_size=self.batch_size, lr=self.lr, grad_clip=self.grad_clip,
                   checkpoint_every=self.checkpoint_every, log_every=self.log_every)
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")

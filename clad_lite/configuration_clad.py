@@ -31,6 +31,8 @@ FORESIGHTS = ("both", "proprio", "semantic", "none")
 SCHEDULES = ("linear", "cosine")
 RECON_SEMANTIC_TARGETS = ("film_target", "vision")
 FORESIGHT_NORMS = ("rms", "none")
+# which weights of a training checkpoint a model is loaded with (``clad_lite.train.checkpoint_weights``)
+WEIGHTS = ("auto", "ema", "raw")
 
 
 def _check(condition: bool, field: str, value, expectation: str) -> None:

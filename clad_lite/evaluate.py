@@ -86,6 +86,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clad_lite.configuration_clad import WEIGHTS
+
 EPISODES_NAME = "episodes.jsonl"
 RESULTS_NAME = "results.json"
 CONFIG_NAME = "eval_config.json"
@@ -368,7 +370,7 @@ def load_run(ckpt_path, encoder: str | None = None, need_encoder: bool = True) -
         "config": checkpoint["config"], "profile": profile.name, "clad_checkpoint": clad_checkpoint,
         "norm_stats": stats, "norm_stats_path": stats_path, "data": data, "cache_dir": data.get("cache_dir"),
         "cache_dtype": cache.get("dtype", "float16"), "encoder_spec": str(spec) if spec else None,
-        "encoder_hash": encoder_hash,
+        "encoder_hash": encoder_hash, "has_ema": checkpoint.get("ema") is not None,
     }
 
 
@@ -386,14 +388,15 @@ class Agent:
 
         from clad_lite.demos.windows import Normalizer
         from clad_lite.policy import ForesightPolicy
-        from clad_lite.train import load_checkpoint, load_stage1, profile_from_dict
+        from clad_lite.train import checkpoint_weights, load_checkpoint, load_stage1, profile_from_dict
 
         self.spec = spec
         self.device = torch.device(spec.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.profile = profile = profile_from_dict(spec["config"])
         checkpoint = load_checkpoint(spec["checkpoint"])
         self.policy = ForesightPolicy(profile.policy)
-        self.policy.load_state_dict(checkpoint["model"])
+        state, self.weights = checkpoint_weights(checkpoint, spec.get("weights", "auto"))
+        self.policy.load_state_dict(state)
         self.policy.to(self.device).eval()
         self.clad = None
         if profile.policy.uses_clad:
@@ -652,8 +655,15 @@ def _write_json(path: Path, obj) -> None:
 
 def _settings_identity(settings: dict) -> dict:
     keys = ("checkpoint", "suite", "max_steps", "warmup_steps", "query_every", "ensemble", "start_actions", "seed",
-            "encoder_hash", "fast_reset")
+            "encoder_hash", "fast_reset", "weights")
     return {k: settings.get(k) for k in keys}
+
+
+def _used_weights(spec: dict, weights: str) -> str:
+    """"ema" | "raw": what ``weights`` ("auto" | "ema" | "raw") picks from this checkpoint."""
+    if weights == "ema" and not spec["has_ema"]:
+        raise _user_error(f"--weights ema: {spec['checkpoint']} holds no weight EMA (trained with ema_decay = 0)")
+    return "ema" if weights == "ema" or (weights == "auto" and spec["has_ema"]) else "raw"
 
 
 def _evaluate_one(spec: dict, out: Path, tasks: list[int], episodes: int, workers: int, videos: int,
@@ -664,6 +674,7 @@ def _evaluate_one(spec: dict, out: Path, tasks: list[int], episodes: int, worker
     config_path = out / CONFIG_NAME
     if config_path.exists():
         saved = json.loads(config_path.read_text())
+        saved.setdefault("weights", "raw")  # written before runs could keep a weight EMA
         if saved != identity:
             changed = [f"{k}: {saved.get(k)!r} -> {identity.get(k)!r}" for k in identity if saved.get(k) != identity.get(k)]
             raise _user_error(f"{out} holds an evaluation with other settings ({'; '.join(changed)}); "
@@ -696,14 +707,15 @@ def _file_digest(path: str | None) -> str | None:
 def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, workers=None, videos=None,
              protocol="single", seed=None, progress=True, encoder=None, max_steps=None, warmup_steps=None,
              query_every=None, ensemble=False, start_actions="noop", fast_reset=False, device=None,
-             rollout=None) -> dict:
+             weights="auto", rollout=None) -> dict:
     """Evaluate a stage-2 run (``RUN_DIR`` or checkpoint file) on LIBERO; writes and returns results.json.
 
     ``None`` values fall back to the run's profile's ``EvalConfig`` (``episodes``: 20 for
     ``protocol="top3"``). Extra keyword arguments beyond the common API: ``encoder`` (spec;
     default: the one recorded in the run's embedding cache), ``max_steps`` / ``warmup_steps`` /
     ``query_every``, ``ensemble`` (temporal ensembling), ``start_actions`` ("noop" | "mask"),
-    ``fast_reset`` (no MjSim rebuild per episode; see ``Agent.env``), ``device``, and ``rollout`` (a fake ``job -> record`` function, for tests of the bookkeeping).
+    ``fast_reset`` (no MjSim rebuild per episode; see ``Agent.env``), ``device``, ``weights``
+    ("auto": the weight EMA when the run kept one, else the raw weights; "ema"; "raw"), and ``rollout`` (a fake ``job -> record`` function, for tests of the bookkeeping).
     """
     from clad_lite.provenance import device_description, git_sha
     from clad_lite.sim import MAX_EPISODE_STEPS, SUITES, suite_tasks
@@ -715,6 +727,8 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
         raise _user_error(f"unknown suite {suite!r}; expected one of {SUITES}")
     if start_actions not in ("noop", "mask"):
         raise _user_error(f"start_actions must be 'noop' or 'mask', got {start_actions!r}")
+    if weights not in WEIGHTS:
+        raise _user_error(f"--weights must be one of {WEIGHTS}, got {weights!r}")
     out = Path(out)
     base = load_run(run_dir, encoder=encoder, need_encoder=rollout is None)
     profile = profile_from_dict(base["config"])
@@ -749,7 +763,7 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
                 "fast_reset": bool(fast_reset), "device": device}
 
     if protocol == "single":
-        spec = dict(base, **settings)
+        spec = dict(base, **settings, weights=_used_weights(base, weights))
         result = _evaluate_one(spec, out, tasks, episodes, workers, videos, progress, rollout)
         per_task, average, timing = result["per_task"], result["average"], result["timing"]
         protocol_info = {"name": "single", "symbol": "‡", "description": f"{episodes} rollouts per task from one checkpoint",
@@ -763,7 +777,8 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
                   "averaging all of them", file=sys.stderr)
         evaluated = []
         for ckpt in checkpoints:
-            spec = dict(load_run(ckpt, encoder=encoder, need_encoder=rollout is None), **settings)
+            one_run = load_run(ckpt, encoder=encoder, need_encoder=rollout is None)
+            spec = dict(one_run, **settings, weights=_used_weights(one_run, weights))
             if progress:
                 print(f"checkpoint {ckpt.name}", file=sys.stderr)
             one = _evaluate_one(spec, out / ckpt.stem, tasks, episodes, workers, videos, progress, rollout)
@@ -789,7 +804,8 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
         base = dict(base, checkpoint=[e["checkpoint"] for e in chosen])
     protocol_info.update(max_steps=settings["max_steps"], warmup_steps=settings["warmup_steps"],
                          replan_every=tau, query_every=query_every, temporal_ensembling=bool(ensemble),
-                         start_actions=start_actions, fast_reset=bool(fast_reset), success="env.check_success() after any policy step",
+                         start_actions=start_actions, fast_reset=bool(fast_reset), weights=spec["weights"],
+                         success="env.check_success() after any policy step",
                          init_states="episode i starts from LIBERO's fixed init state i")
     results = {
         "suite": suite, "profile": profile.name, "protocol": protocol_info, "episodes_per_task": episodes,
@@ -850,7 +866,7 @@ def run(args) -> int:
                        workers=args.workers, videos=args.videos, protocol=args.protocol, seed=args.seed,
                        progress=not args.no_progress, encoder=args.encoder, max_steps=args.max_steps,
                        query_every=args.query_every, ensemble=args.ensemble, start_actions=args.start_actions,
-                       fast_reset=args.fast_reset, device=args.device)
+                       fast_reset=args.fast_reset, device=args.device, weights=args.weights)
     rows = [f"{t['task_id']:>4}  {t['successes']:>3}/{t['episodes']:<3} {100 * (t['rate'] or 0):5.1f}%  "
             f"[{100 * t['ci95'][0]:5.1f}, {100 * t['ci95'][1]:5.1f}]  {t['instruction']}" for t in results["per_task"]]
     print(f"{results['suite']} ({results['profile']} profile, protocol {results['protocol']['name']}):")
@@ -885,6 +901,8 @@ def register(subparsers) -> None:
                         help="CLaD's past actions before the first step: the no-op (training's edge rule) or masked")
     parser.add_argument("--fast-reset", action="store_true",
                         help="reset without rebuilding the MjSim (upstream LIBERO rebuilds it: seconds per episode on CPU)")
+    parser.add_argument("--weights", choices=WEIGHTS, default="auto",
+                        help="auto: the weight EMA when the run kept one (stage2.ema_decay > 0), else the raw weights")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in this process (0: leave as is)")
     parser.add_argument("--no-progress", action="store_true")

@@ -87,6 +87,9 @@ BASELINE_OVERRIDES = ("policy.foresight=none",)
 _NOT_CONTENT = {"data": ("workers",), "encoder": ("threads", "save_every", "log_every"),
                 "stage1": ("checkpoint_every", "log_every"), "stage2": ("checkpoint_every", "log_every"),
                 "eval": ("workers", "videos_per_task")}
+# fields added after runs were stamped: at this value they change nothing that was made, so they
+# are left out of the fingerprint (older stamps, which lack them, still match)
+_OMIT_AT = {"stage1": {"ema_decay": 0.0}, "stage2": {"ema_decay": 0.0}}
 
 
 @dataclass
@@ -108,11 +111,17 @@ class StepRecord:
 
 
 # =========================================================================== helpers
-def _section(profile, name: str) -> dict:
-    values = dataclasses.asdict(getattr(profile, name))
-    for key in _NOT_CONTENT.get(name, ()):
-        values.pop(key, None)
+def _content(name: str, values: dict) -> dict:
+    """The values of profile section ``name`` that decide what a step makes."""
+    values = {k: v for k, v in values.items() if k not in _NOT_CONTENT.get(name, ())}
+    for key, neutral in _OMIT_AT.get(name, {}).items():
+        if values.get(key, neutral) == neutral:
+            values.pop(key, None)
     return json.loads(json.dumps(values))  # tuples -> lists, as in a stamp read back
+
+
+def _section(profile, name: str) -> dict:
+    return _content(name, dataclasses.asdict(getattr(profile, name)))
 
 
 def _normal(value):
@@ -474,8 +483,7 @@ class Pipeline:
                 matches = _normal(stamp.get("inputs")) == _normal(inputs)
             else:  # made outside the pipeline: judge by its configuration
                 saved = checkpoint.get("config", {})
-                have = {s: {k: v for k, v in saved.get(s, {}).items() if k not in _NOT_CONTENT.get(s, ())}
-                        for s in sections}
+                have = {s: _content(s, saved.get(s, {})) for s in sections}
                 matches = _normal(have) == _normal({s: inputs[s] for s in sections}) \
                     and checkpoint.get("stage") == stage \
                     and checkpoint.get("data", {}).get("encoder_hash") == self.encoder_hash()

@@ -24,13 +24,14 @@ embeddings, mapped to the models' batch by :func:`model_batch`.
 
 **Optimisation**: AdamW (weight decay on matrices only), linear warmup + cosine decay
 (``clad_lite.schedule``), gradient-norm clipping, bf16 autocast on CUDA (float32 on CPU),
-optional ``--compile`` (``torch.compile``). ``batch_size`` is the *global* batch: with DDP
+optional ``--compile`` (``torch.compile``), optional weight EMA (``stageN.ema_decay``, torch's
+``AveragedModel``; saved beside the raw weights). ``batch_size`` is the *global* batch: with DDP
 each of the W processes takes ``batch_size / W`` samples of it.
 
 **Exact resumption**: the sampler has no iterator state. Sample k of the run (k = step * B + j)
 is ``randperm(N, seed = data seed + epoch)[k mod N]`` with epoch = k // N, so the batch of a
 step is a function of (seed, step) only. A checkpoint holds the model (the CLaD EMA targets
-are part of its ``state_dict``), the optimizer, the scheduler, the step, every process's
+are part of its ``state_dict``), the weight EMA when there is one, the optimizer, the scheduler, the step, every process's
 torch / CUDA / numpy / python RNG states and the sampler position; it is written to a
 temporary file and renamed (``os.replace``), so a run killed at any moment (SIGKILL included)
 leaves only complete checkpoints. ``--resume`` continues from ``last.pt`` and, on CPU with
@@ -324,6 +325,26 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return checkpoint
 
 
+def checkpoint_weights(checkpoint: dict, weights: str = "auto") -> tuple[dict, str]:
+    """(model state dict, "ema" | "raw") of a checkpoint.
+
+    ``weights``: "raw" = the optimised weights; "ema" = their moving average (an error if the run
+    kept none, ``stageN.ema_decay = 0``); "auto" = the EMA when there is one, else the raw weights.
+    """
+    from clad_lite.configuration_clad import WEIGHTS
+
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}: must be one of {WEIGHTS}")
+    ema = checkpoint.get("ema")
+    if weights == "raw" or (weights == "auto" and ema is None):
+        return checkpoint["model"], "raw"
+    if ema is None:
+        raise ValueError(f"{checkpoint.get('path', 'the checkpoint')} holds no weight EMA (trained with ema_decay = 0)")
+    # AveragedModel's state dict: the averaged module under "module." and its update count
+    state = {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
+    return state, "ema"
+
+
 def load_stage1(path, map_location="cpu"):
     """The frozen CLaD of a stage-1 run (``RUN_DIR`` or checkpoint file) and its checkpoint dict."""
     from clad_lite.clad import CLaD
@@ -333,7 +354,7 @@ def load_stage1(path, map_location="cpu"):
     if checkpoint["stage"] != 1:
         raise ValueError(f"{checkpoint['path']} is a stage-{checkpoint['stage']} checkpoint, not stage 1")
     clad = CLaD(CLaDConfig(**checkpoint["config"]["clad"]))
-    clad.load_state_dict(checkpoint["model"])
+    clad.load_state_dict(checkpoint_weights(checkpoint, "auto")[0])  # the weight EMA when the run kept one
     return clad.freeze(), checkpoint
 
 
@@ -347,6 +368,7 @@ class TrainResult:
     seconds: float = 0.0            # wall time of this process's loop
     steps_done_here: int = 0        # steps this process ran (after a resume: fewer than ``step``)
     last_log: dict = field(default_factory=dict)
+    ema: torch.nn.Module | None = None  # the weight EMA of ``model`` (``ema_decay`` > 0), else None
 
 
 class _Writer:
@@ -536,7 +558,8 @@ def train(profile, stage: int, out, *, data_dir=None, cache_dir=None, clad=None,
         frozen_clad.to(device)
 
     if checkpoint is not None:
-        changed = _diff(checkpoint["config"], profile.to_dict())
+        # through profile_from_dict: fields added since the run was saved take their defaults
+        changed = _diff(profile_from_dict(checkpoint["config"]).to_dict(), profile.to_dict())
         if changed:
             raise UserError(f"--resume with another configuration than {run_dir}/config.json: {'; '.join(changed)}")
 
@@ -570,9 +593,17 @@ def train(profile, stage: int, out, *, data_dir=None, cache_dir=None, clad=None,
     from clad_lite.schedule import make_scheduler
 
     scheduler = make_scheduler(optimizer, train_cfg.warmup_steps, train_cfg.steps)
+    ema = None
+    if train_cfg.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        # theta_ema <- decay * theta_ema + (1 - decay) * theta; the first update copies theta
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema_decay), use_buffers=True)
     start, elapsed = 0, 0.0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
+        if ema is not None:
+            ema.load_state_dict(checkpoint["ema"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start, elapsed = int(checkpoint["step"]), float(checkpoint["elapsed"])
@@ -627,6 +658,7 @@ def train(profile, stage: int, out, *, data_dir=None, cache_dir=None, clad=None,
             dist.all_gather_object(rng_states, _rng_state())
         writer.checkpoint({
             "format": CHECKPOINT_FORMAT, "stage": stage, "step": step, "model": model.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states,
             "sampler": {"seed": sampler.seed, "position": step * train_cfg.batch_size, "n": n,
                         "global_batch": train_cfg.batch_size},
@@ -666,6 +698,8 @@ def train(profile, stage: int, out, *, data_dir=None, cache_dir=None, clad=None,
         scheduler.step()
         if stage == 1:
             model.update_ema()  # eq. 14
+        if ema is not None:
+            ema.update_parameters(model)
         step = step_index + 1
         values = torch.stack([*(v.detach().float() for v in losses), grad_norm.detach().float()])
         sums = values if sums is None else sums + values
@@ -697,7 +731,8 @@ def train(profile, stage: int, out, *, data_dir=None, cache_dir=None, clad=None,
         import torch.distributed as dist
 
         dist.barrier()
-    return TrainResult(model, step, run_dir, writer.written, seconds, step - start, last_log)
+    return TrainResult(model, step, run_dir, writer.written, seconds, step - start, last_log,
+                       ema.module if ema is not None else None)
 
 
 # =========================================================================== CLI
@@ -759,4 +794,5 @@ def register(subparsers) -> None:
 
 
 __all__ = ["train", "model_batch", "StepBatchSampler", "load_training_data", "load_checkpoint", "load_stage1",
+           "checkpoint_weights",
            "plot_log", "profile_from_dict", "TrainResult", "TrainingData", "register"]

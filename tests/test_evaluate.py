@@ -100,8 +100,12 @@ def test_episode_log_resumes_without_losing_or_repeating(tmp_path):
 
 
 # --------------------------------------------------------------------------- a tiny run
-def make_tiny_run(root: Path, foresight: str = "both", max_steps: int = 30) -> Path:
-    """A stage-2 run folder with random ci-sized models, its stage-1 run, data stats and encoder."""
+def make_tiny_run(root: Path, foresight: str = "both", max_steps: int = 30, ema: bool = False) -> Path:
+    """A stage-2 run folder with random ci-sized models, its stage-1 run, data stats and encoder.
+
+    ``ema``: the policy checkpoints also hold a weight EMA (another random policy), in the
+    layout of torch's ``AveragedModel.state_dict()`` as ``clad_lite.train`` saves it.
+    """
     from clad_lite.clad import CLaD
     from clad_lite.config import apply_overrides, get_profile
     from clad_lite.encoders.cache import CACHE_FORMAT
@@ -147,8 +151,10 @@ def make_tiny_run(root: Path, foresight: str = "both", max_steps: int = 30) -> P
     run_dir.mkdir()
     for step in (1, 2):
         torch.manual_seed(step)
-        torch.save({"format": CHECKPOINT_FORMAT, "stage": 2, "step": step,
-                    "model": ForesightPolicy(profile.policy).state_dict(), "config": profile.to_dict(),
+        model = ForesightPolicy(profile.policy).state_dict()
+        averaged = {f"module.{k}": v for k, v in ForesightPolicy(profile.policy).state_dict().items()}
+        torch.save({"format": CHECKPOINT_FORMAT, "stage": 2, "step": step, "model": model,
+                    "ema": {**averaged, "n_averaged": torch.tensor(step)} if ema else None, "config": profile.to_dict(),
                     "clad_checkpoint": str(clad_ckpt) if clad_ckpt else None, "data": data},
                    run_dir / f"ckpt_{step:06d}.pt")
     (run_dir / "last.pt").hardlink_to(run_dir / "ckpt_000002.pt")
@@ -256,3 +262,40 @@ def test_open_loop_and_temporal_ensembling_pick_actions():
     w = np.exp(-ENSEMBLE_M)  # ACT: the oldest chunk has weight 1
     np.testing.assert_allclose(Agent.choose(stub, 3, chunks), w / (1 + w))
     np.testing.assert_allclose(Agent.choose(stub, 7, chunks), 1.0)  # only the second chunk covers step 7
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_weights_choice_ema_or_raw(tmp_path):
+    """--weights auto picks the weight EMA when the run kept one; the choice is recorded and guarded."""
+    from clad_lite.cli import UserError
+    from clad_lite.evaluate import Agent, load_run
+
+    torch.set_num_threads(1)
+    run_dir = make_tiny_run(tmp_path / "r", foresight="none", ema=True)
+    checkpoint = torch.load(run_dir / "last.pt", weights_only=True)
+    for weights, source in (("auto", "ema"), ("ema", "ema"), ("raw", "model")):
+        agent = Agent(dict(load_run(run_dir), weights=weights, device="cpu"))
+        expected = checkpoint[source] if source == "model" else \
+            {k[len("module."):]: v for k, v in checkpoint["ema"].items() if k.startswith("module.")}
+        assert agent.weights == ("raw" if weights == "raw" else "ema")
+        for key, value in agent.policy.state_dict().items():
+            assert torch.equal(value, expected[key]), (weights, key)
+    calls: list = []
+    results = evaluate(run_dir, tmp_path / "e", tasks="0", episodes=2, progress=False, rollout=fake_rollout(calls))
+    assert results["protocol"]["weights"] == "ema"
+    with pytest.raises(UserError, match="other settings"):  # the raw weights are another evaluation
+        evaluate(run_dir, tmp_path / "e", tasks="0", episodes=2, progress=False, weights="raw", rollout=fake_rollout(calls))
+    raw = evaluate(run_dir, tmp_path / "e_raw", tasks="0", episodes=2, progress=False, weights="raw",
+                   rollout=fake_rollout(calls))
+    assert raw["protocol"]["weights"] == "raw"
+    plain = make_tiny_run(tmp_path / "p", foresight="none")
+    assert evaluate(plain, tmp_path / "e_plain", tasks="0", episodes=1, progress=False,
+                    rollout=fake_rollout(calls))["protocol"]["weights"] == "raw"
+    with pytest.raises(UserError, match="no weight EMA"):
+        evaluate(plain, tmp_path / "e_plain2", tasks="0", episodes=1, progress=False, weights="ema",
+                 rollout=fake_rollout(calls))
+    # an evaluation folder written before weights were recorded counts as raw weights
+    config = json.loads((tmp_path / "e_plain" / "eval_config.json").read_text())
+    del config["weights"]
+    (tmp_path / "e_plain" / "eval_config.json").write_text(json.dumps(config))
+    evaluate(plain, tmp_path / "e_plain", tasks="0", episodes=1, progress=False, rollout=fake_rollout(calls))

@@ -206,3 +206,15 @@ def test_bad_input_is_a_user_error(tmp_path, one_thread, capsys):
     assert "unknown key" in capsys.readouterr().err
     with pytest.raises(UserError):
         Pipeline("ci", out=tmp_path, overrides=["data.demos_per_task=0"])
+
+
+def test_a_field_at_its_neutral_value_keeps_older_stamps_valid():
+    """Fingerprints leave out ``ema_decay`` = 0 (runs stamped before it existed still match); other values count."""
+    from clad_lite.config import apply_overrides, get_profile
+    from clad_lite.pipeline import _content, _section
+
+    profile = get_profile("ci")
+    assert "ema_decay" not in _section(profile, "stage2") and "checkpoint_every" not in _section(profile, "stage2")
+    assert _section(apply_overrides(profile, ["stage2.ema_decay=0.99"]), "stage2")["ema_decay"] == 0.99
+    saved_before = {k: v for k, v in profile.to_dict()["stage2"].items() if k != "ema_decay"}
+    assert _content("stage2", saved_before) == _section(profile, "stage2")

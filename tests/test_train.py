@@ -253,3 +253,73 @@ def test_stage2_on_a_frozen_stage1_and_the_policy_only_baseline(tmp_path, data_d
     with pytest.raises(UserError, match="another configuration"):
         train(ci("stage2.warmup_steps=1", "stage2.steps=3", "policy.foresight=none"), 2, tmp_path / "s2_none", data_dir=data_dir, workers=0,
               progress=False, resume=True)
+
+
+# --------------------------------------------------------------------------- weight EMA
+def test_weight_ema_follows_its_formula_and_resumes_exactly(tmp_path, data_dir):
+    """stage2.ema_decay = d: ema_1 = theta_1, ema_k = d ema_{k-1} + (1 - d) theta_k; saved and resumed."""
+    import shutil
+
+    from clad_lite.train import LAST, checkpoint_weights
+
+    torch.set_num_threads(1)
+    d = 0.75
+    sets = ("stage2.warmup_steps=1", "stage2.steps=4", "stage2.checkpoint_every=1", f"stage2.ema_decay={d}",
+            "policy.foresight=none")
+    whole = train(ci(*sets), 2, tmp_path / "whole", data_dir=data_dir, workers=0, progress=False)
+    ckpt = [load_checkpoint(tmp_path / "whole" / f"ckpt_{k:06d}.pt") for k in (1, 2, 3, 4)]
+    raw = [checkpoint_weights(c, "raw")[0] for c in ckpt]
+    ema = [checkpoint_weights(c, "ema")[0] for c in ckpt]
+    assert checkpoint_weights(ckpt[0], "auto")[1] == "ema" and int(ckpt[3]["ema"]["n_averaged"]) == 4
+    assert ema[0].keys() == raw[0].keys()
+    name = next(k for k in raw[0] if k.endswith("weight") and raw[0][k].dim() == 2)
+    torch.testing.assert_close(ema[0][name], raw[0][name], rtol=0, atol=0)  # the first update copies
+    for k in (1, 2, 3):
+        torch.testing.assert_close(ema[k][name], d * ema[k - 1][name] + (1 - d) * raw[k][name])
+    assert not torch.equal(ema[3][name], raw[3][name])
+    for key, value in whole.ema.state_dict().items():
+        assert torch.equal(value, ema[3][key]), key
+
+    # a run cut after step 2 (its later checkpoints lost) resumes to the same raw and EMA weights
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "whole", cut)
+    for k in (3, 4):
+        (cut / f"ckpt_{k:06d}.pt").unlink()
+    (cut / LAST).unlink()
+    os.link(cut / "ckpt_000002.pt", cut / LAST)
+    resumed = train(ci(*sets), 2, cut, data_dir=data_dir, workers=0, progress=False, resume=True)
+    assert resumed.steps_done_here == 2
+    again = load_checkpoint(cut)
+    for key in raw[3]:
+        assert torch.equal(again["model"][key], ckpt[3]["model"][key]), key
+    for key in ckpt[3]["ema"]:
+        assert torch.equal(again["ema"][key], ckpt[3]["ema"][key]), key
+
+    # without ema_decay there is no EMA: "auto" falls back to the raw weights, "ema" is an error
+    plain = train(ci(*sets[:-2], "policy.foresight=none"), 2, tmp_path / "plain", data_dir=data_dir, workers=0,
+                  progress=False)
+    assert plain.ema is None and load_checkpoint(tmp_path / "plain")["ema"] is None
+    assert checkpoint_weights(load_checkpoint(tmp_path / "plain"), "auto")[1] == "raw"
+    with pytest.raises(ValueError, match="no weight EMA"):
+        checkpoint_weights(load_checkpoint(tmp_path / "plain"), "ema")
+    with pytest.raises(ValueError, match="must be one of"):
+        checkpoint_weights(ckpt[0], "best")
+    with pytest.raises(ValueError, match="ema_decay"):
+        ci("stage2.ema_decay=1.0")
+
+
+def test_resume_accepts_a_run_saved_before_a_field_existed(tmp_path, data_dir):
+    """A checkpoint whose config lacks a later-added field (at its default) still resumes."""
+    from clad_lite.train import atomic_save
+
+    torch.set_num_threads(1)
+    sets = ("stage2.warmup_steps=1", "stage2.steps=2", "stage2.checkpoint_every=1", "policy.foresight=none")
+    train(ci(*sets), 2, tmp_path / "old", data_dir=data_dir, workers=0, progress=False)
+    path = tmp_path / "old" / "ckpt_000001.pt"
+    old = torch.load(path, weights_only=True)
+    del old["config"]["stage2"]["ema_decay"]
+    atomic_save(old, path)
+    (tmp_path / "old" / "ckpt_000002.pt").unlink()
+    (tmp_path / "old" / "last.pt").unlink()
+    os.link(path, tmp_path / "old" / "last.pt")
+    assert train(ci(*sets), 2, tmp_path / "old", data_dir=data_dir, workers=0, progress=False, resume=True).step == 2
