@@ -139,6 +139,52 @@ def foresight_gain_table(clad: dict, baseline: dict, profile_name: str, sources:
     return markdown_table(headers, rows) + _footer(profile_name, sources or {})
 
 
+def committed_runs(profile_name: str, root=None) -> dict[str, tuple[dict, str]]:
+    """Every committed evaluation of ``profile_name``: ``{label: (results, path)}`` from
+    ``figures/results/libero_10_<profile>*.json`` (files with a ``per_task`` list; the label is
+    the file name's tail, ``"main"`` for ``libero_10_<profile>.json``)."""
+    from clad_lite.config import project_root
+
+    folder = (Path(root) if root is not None else Path(project_root())) / "figures" / "results"
+    stem = f"libero_10_{profile_name}"
+    runs = {}
+    for path in sorted(folder.glob(f"{stem}*.json")):
+        results = load_results(path)
+        if results and results.get("per_task") and results.get("profile") == profile_name:
+            runs[path.stem[len(stem):].lstrip("_") or "main"] = (results, str(path))
+    return runs
+
+
+def _run_settings(results: dict) -> dict:
+    """What a results file says about how its policy was made (from its provenance)."""
+    config = results.get("provenance", {}).get("config", {})
+    stage2 = config.get("stage2", {})
+    return {"foresight": config.get("policy", {}).get("foresight", MISSING),
+            "steps": stage2.get("steps"), "batch": stage2.get("batch_size"),
+            "ema_decay": stage2.get("ema_decay", 0.0),
+            # evaluations written before weights were recorded used the raw weights
+            "weights": results.get("protocol", {}).get("weights", "raw"),
+            "git": (results.get("provenance", {}).get("git_sha") or MISSING)[:7]}
+
+
+def runs_table(runs: dict, profile_name: str) -> str:
+    """One row per evaluated run (``{label: (results, source)}``, e.g. :func:`committed_runs`):
+    its foresight, stage-2 budget and weights read from the file's provenance, the pooled success
+    with its Wilson interval and the successes per task. Rows by budget, then foresight."""
+    rows = []
+    for label, (results, _) in runs.items():
+        s, pool = _run_settings(results), pooled(results)
+        budget = f"{s['steps'] // 1000}K x {s['batch']}" if s["steps"] and s["batch"] else MISSING
+        weights = f"EMA {s['ema_decay']:g}" if s["weights"] == "ema" else "raw"
+        per_task = ",".join(str(int(t["successes"])) for t in sorted(results["per_task"], key=lambda t: t["task_id"]))
+        rows.append(((s["steps"] or 0, s["foresight"] != "both", label),
+                     [f"`{label}`", "CLaD" if s["foresight"] == "both" else s["foresight"], budget, weights,
+                      fmt_rate(pool["successes"], pool["episodes"], pool["ci95"]), per_task, s["git"]]))
+    headers = ["run", "foresight", "stage 2 steps x batch", "weights", "avg. SR", "successes per task (0-9)", "git"]
+    body = [row for _, row in sorted(rows, key=lambda r: r[0])]
+    return markdown_table(headers, body) + _footer(profile_name, {label: src for label, (_, src) in runs.items()})
+
+
 def table2_3(bench_result: dict, params: dict, profile_name: str, avg: dict | None = None) -> str:
     """Tables 2 and 3: the project's measured efficiency (bench) next to the paper's CLaD / baselines."""
     p2, p3 = P.TABLE2, P.TABLE3

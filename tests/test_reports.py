@@ -33,6 +33,32 @@ def test_foresight_gain_table():
     assert "+50.0 [-10.0, +110.0]" in text and "a.json" in text
 
 
+def test_runs_table_reads_settings_from_provenance(tmp_path):
+    import json
+
+    folder = tmp_path / "figures" / "results"
+    folder.mkdir(parents=True)
+
+    def write(name, ks, foresight, steps, weights=None):
+        results = dict(_results(ks, n=10), profile="cpu", provenance={"git_sha": "0123456789abc", "config": {
+            "policy": {"foresight": foresight}, "stage2": {"steps": steps, "batch_size": 64, "ema_decay": 0.999}}})
+        if weights:
+            results["protocol"] = {"weights": weights}
+        (folder / f"libero_10_cpu{name}.json").write_text(json.dumps(results))
+
+    write("", (1, 0), "both", 10_000)
+    write("_policy_only", (0, 0), "none", 10_000)
+    write("_stage2_40k_ema", (5, 3), "both", 40_000, "ema")
+    (folder / "libero_10_cpu_pipeline.json").write_text(json.dumps({"steps": []}))  # not an evaluation
+    (folder / "libero_10_ci.json").write_text(json.dumps(dict(_results(), profile="ci")))  # another profile
+    runs = reports.committed_runs("cpu", root=tmp_path)
+    assert list(runs) == ["main", "policy_only", "stage2_40k_ema"]
+    lines = reports.runs_table(runs, "cpu").splitlines()
+    assert "`main` | CLaD | 10K x 64 | raw | 5.0% [0.9, 23.6] (1/20) | 1,0 | 0123456" in lines[2]
+    assert "`policy_only` | none | 10K x 64 | raw | 0.0%" in lines[3]
+    assert "`stage2_40k_ema` | CLaD | 40K x 64 | EMA 0.999 | 40.0%" in lines[4] and "| 5,3 |" in lines[4]
+
+
 def test_modality_figure_with_zero_and_full_success():
     """A 0% or 100% bar has a one-sided interval (the errorbar must not get a negative length)."""
     zero, full = _results((0, 0), n=100), _results((100, 100), n=100)
