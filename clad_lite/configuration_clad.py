@@ -40,6 +40,18 @@ def _check(condition: bool, field: str, value, expectation: str) -> None:
         raise ValueError(f"{field}={value!r}: {expectation}")
 
 
+def resolve_weights(weights: str, has_ema: bool) -> str:
+    """"ema" | "raw": what ``weights`` picks from a checkpoint that does (not) hold a weight EMA.
+
+    "raw" = the optimised weights; "ema" = their moving average (an error without one);
+    "auto" = the EMA when there is one, else the raw weights.
+    """
+    _check(weights in WEIGHTS, "weights", weights, f"must be one of {WEIGHTS}")
+    if weights == "ema" and not has_ema:
+        raise ValueError("holds no weight EMA (trained with ema_decay = 0)")
+    return "ema" if weights == "ema" or (weights == "auto" and has_ema) else "raw"
+
+
 def _check_positive_ints(obj, names: tuple[str, ...]) -> None:
     for name in names:
         value = getattr(obj, name)

@@ -86,7 +86,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clad_lite.configuration_clad import WEIGHTS
+from clad_lite.configuration_clad import WEIGHTS, resolve_weights
 
 EPISODES_NAME = "episodes.jsonl"
 RESULTS_NAME = "results.json"
@@ -660,10 +660,11 @@ def _settings_identity(settings: dict) -> dict:
 
 
 def _used_weights(spec: dict, weights: str) -> str:
-    """"ema" | "raw": what ``weights`` ("auto" | "ema" | "raw") picks from this checkpoint."""
-    if weights == "ema" and not spec["has_ema"]:
-        raise _user_error(f"--weights ema: {spec['checkpoint']} holds no weight EMA (trained with ema_decay = 0)")
-    return "ema" if weights == "ema" or (weights == "auto" and spec["has_ema"]) else "raw"
+    """"ema" | "raw": what ``weights`` ("auto" | "ema" | "raw") picks from this run's checkpoint."""
+    try:
+        return resolve_weights(weights, spec["has_ema"])
+    except ValueError as error:
+        raise _user_error(f"--weights {weights}: {spec['checkpoint']}: {error}") from error
 
 
 def _evaluate_one(spec: dict, out: Path, tasks: list[int], episodes: int, workers: int, videos: int,

@@ -328,21 +328,20 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 def checkpoint_weights(checkpoint: dict, weights: str = "auto") -> tuple[dict, str]:
     """(model state dict, "ema" | "raw") of a checkpoint.
 
-    ``weights``: "raw" = the optimised weights; "ema" = their moving average (an error if the run
-    kept none, ``stageN.ema_decay = 0``); "auto" = the EMA when there is one, else the raw weights.
+    ``weights``: "auto" | "ema" | "raw", as :func:`~clad_lite.configuration_clad.resolve_weights`
+    decides (the EMA is there when the run had ``stageN.ema_decay`` > 0).
     """
-    from clad_lite.configuration_clad import WEIGHTS
+    from clad_lite.configuration_clad import resolve_weights
 
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights={weights!r}: must be one of {WEIGHTS}")
     ema = checkpoint.get("ema")
-    if weights == "raw" or (weights == "auto" and ema is None):
+    try:
+        which = resolve_weights(weights, ema is not None)
+    except ValueError as error:
+        raise ValueError(f"{checkpoint.get('path', 'the checkpoint')}: {error}") from error
+    if which == "raw":
         return checkpoint["model"], "raw"
-    if ema is None:
-        raise ValueError(f"{checkpoint.get('path', 'the checkpoint')} holds no weight EMA (trained with ema_decay = 0)")
     # AveragedModel's state dict: the averaged module under "module." and its update count
-    state = {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
-    return state, "ema"
+    return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}, "ema"
 
 
 def load_stage1(path, map_location="cpu"):
