@@ -171,16 +171,17 @@ def _seconds(value: float) -> str:
 
 def _final_checkpoint(run_dir: Path):
     """(checkpoint dict, numbered final checkpoint path) of a training run, or (None, None)."""
-    from clad_lite.train import LAST, load_checkpoint
+    from clad_lite.train import load_checkpoint, newest_checkpoint
 
-    if not (Path(run_dir) / LAST).exists():
+    newest = newest_checkpoint(run_dir)
+    if newest is None:
         return None, None
     try:
-        checkpoint = load_checkpoint(run_dir)
-    except Exception:  # noqa: BLE001 - an unreadable last.pt is an incomplete run
+        checkpoint = load_checkpoint(newest)
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint is an incomplete run
         return None, None
     numbered = Path(run_dir) / f"ckpt_{int(checkpoint['step']):06d}.pt"
-    return checkpoint, numbered if numbered.exists() else Path(run_dir) / LAST
+    return checkpoint, numbered if numbered.exists() else newest
 
 
 # =========================================================================== the pipeline

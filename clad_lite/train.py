@@ -34,7 +34,8 @@ step is a function of (seed, step) only. A checkpoint holds the model (the CLaD 
 are part of its ``state_dict``), the weight EMA when there is one, the optimizer, the scheduler, the step, every process's
 torch / CUDA / numpy / python RNG states and the sampler position; it is written to a
 temporary file and renamed (``os.replace``), so a run killed at any moment (SIGKILL included)
-leaves only complete checkpoints. ``--resume`` continues from ``last.pt`` and, on CPU with
+leaves only complete checkpoints. ``--resume`` continues from the newest of them
+(:func:`newest_checkpoint`: ``last.pt``, or a numbered file a kill left ``last.pt`` behind) and, on CPU with
 the same number of threads and processes, ends with bitwise the same weights as an
 uninterrupted run (``tests/test_train.py`` checks it).
 
@@ -313,11 +314,36 @@ def _point_last(run_dir: Path, checkpoint: Path) -> None:
     os.replace(tmp, run_dir / LAST)
 
 
+def _numbered_step(path: Path) -> int:
+    return int(path.stem[len("ckpt_"):])
+
+
+def newest_checkpoint(run_dir) -> Path | None:
+    """The newest complete checkpoint of ``run_dir``, or None when it has none.
+
+    Normally ``last.pt``. A checkpoint is saved as ``ckpt_XXXXXX.pt`` first and ``last.pt`` is
+    re-pointed after it, so a kill between the two leaves ``last.pt`` one checkpoint behind (or
+    absent): then the newest numbered file is the one to resume from.
+    """
+    run_dir = Path(run_dir)
+    last = run_dir / LAST
+    numbered = [p for p in run_dir.glob("ckpt_*.pt") if p.stem[len("ckpt_"):].isdigit()]
+    if not numbered:
+        return last if last.exists() else None
+    top = max(numbered, key=_numbered_step)
+    if not last.exists():
+        return top
+    if os.path.samefile(last, top):
+        return last
+    last_step = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["step"])
+    return top if _numbered_step(top) > last_step else last
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
-    """A training checkpoint (``RUN_DIR`` -> its ``last.pt``, or a ``.pt`` file)."""
+    """A training checkpoint (``RUN_DIR`` -> its :func:`newest_checkpoint`, or a ``.pt`` file)."""
     path = Path(path)
     if path.is_dir():
-        path = path / LAST
+        path = newest_checkpoint(path) or path / LAST  # (the missing last.pt names the error)
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a clad_lite training checkpoint")
@@ -515,10 +541,11 @@ def train(profile, stage: int, out, *, data_dir=None, cache_dir=None, clad=None,
 
     # ---------------------------------------------------------------- resume bookkeeping
     checkpoint = None
-    if (run_dir / LAST).exists():
+    newest = newest_checkpoint(run_dir)
+    if newest is not None:
         if not resume:
-            raise UserError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it or choose another --out")
-        checkpoint = load_checkpoint(run_dir / LAST)
+            raise UserError(f"{run_dir} already holds a run ({newest.name}); pass --resume to continue it or choose another --out")
+        checkpoint = load_checkpoint(newest)
         if checkpoint["stage"] != stage:
             raise UserError(f"{run_dir} holds a stage-{checkpoint['stage']} run, not stage {stage}")
         if checkpoint["world_size"] != world:
@@ -756,9 +783,9 @@ def run(args) -> int:
     cache_dir = args.cache if args.cache is not None else info.get("data", {}).get("cache_dir")
     stage = args.stage
     if stage is None:
-        if not (args.resume and (run_dir / LAST).exists()):
+        if not (args.resume and newest_checkpoint(run_dir) is not None):
             raise UserError("--stage 1|2 is required (it may be omitted only with --resume of an existing run)")
-        stage = load_checkpoint(run_dir / LAST)["stage"]
+        stage = load_checkpoint(run_dir)["stage"]
     clad = args.clad if args.clad is not None else info.get("clad_checkpoint")
     result = train(profile, stage, run_dir, data_dir=data_dir, cache_dir=cache_dir, clad=clad, resume=args.resume,
                    compile=args.compile, workers=args.workers, progress=not args.no_progress, overrides=args.set)

@@ -255,6 +255,42 @@ def test_stage2_on_a_frozen_stage1_and_the_policy_only_baseline(tmp_path, data_d
               progress=False, resume=True)
 
 
+# --------------------------------------------------------------------------- kill between save and link
+def test_a_kill_between_checkpoint_and_last_link_resumes_from_the_newest(tmp_path, data_dir):
+    """ckpt_XXXXXX.pt is saved before last.pt is re-pointed: a kill in between must not lose it."""
+    import shutil
+
+    from clad_lite.train import LAST, newest_checkpoint
+
+    torch.set_num_threads(1)
+    sets = ("stage2.warmup_steps=1", "stage2.steps=4", "stage2.checkpoint_every=1", "policy.foresight=none")
+    train(ci(*sets), 2, tmp_path / "whole", data_dir=data_dir, workers=0, progress=False)
+    whole = tmp_path / "whole"
+    assert newest_checkpoint(whole) == whole / LAST and newest_checkpoint(tmp_path) is None
+
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    (cut / "ckpt_000004.pt").unlink()
+    (cut / LAST).unlink()
+    assert newest_checkpoint(cut) == cut / "ckpt_000003.pt"  # killed before the first link: no last.pt
+    shutil.copyfile(cut / "ckpt_000002.pt", cut / LAST)      # killed before the re-link (a copied last.pt)
+    assert newest_checkpoint(cut) == cut / "ckpt_000003.pt"
+    assert load_checkpoint(cut)["step"] == 3
+    resumed = train(ci(*sets), 2, cut, data_dir=data_dir, workers=0, progress=False, resume=True)
+    assert resumed.steps_done_here == 1 and load_checkpoint(cut)["step"] == 4
+    assert newest_checkpoint(cut) == cut / LAST
+    a, b = load_checkpoint(whole)["model"], load_checkpoint(cut)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+    # numbered files pruned by hand but last.pt newer: last.pt wins
+    for k in (2, 3, 4):
+        (cut / f"ckpt_{k:06d}.pt").unlink()
+    (cut / LAST).unlink()
+    shutil.copyfile(whole / LAST, cut / LAST)
+    assert newest_checkpoint(cut) == cut / LAST
+
+
 # --------------------------------------------------------------------------- weight EMA
 def test_weight_ema_follows_its_formula_and_resumes_exactly(tmp_path, data_dir):
     """stage2.ema_decay = d: ema_1 = theta_1, ema_k = d ema_{k-1} + (1 - d) theta_k; saved and resumed."""
