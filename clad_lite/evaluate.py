@@ -43,6 +43,12 @@ ACT's rule): query every ``--query-every`` steps (default 1 with ``--ensemble``;
 multiple of it) and execute the weighted mean of every chunk that covers the step, weight
 ``exp(-m * i)`` with i = 0 the oldest (m = 0.01, as ACT). Without ``--ensemble`` the newest chunk is used.
 
+**Partial progress**: after every step each BDDL goal predicate of the task is evaluated
+(``LiberoEnv.goal_status``, about 0.1 ms against ~30 ms of physics); an episode records which
+held at the end (``goals_final``) and which ever held (``goals_reached``), and ``per_task.goals``
+counts them, so a failure that put one of two objects in the basket is told from one that
+grasped nothing (``clad_lite.reports.goal_table``).
+
 **Resumption**: every finished episode is appended to ``OUT/episodes.jsonl`` at once (one line,
 flushed and fsynced) by the parent process. A rerun with the same ``--out`` reads it, drops a
 partial last line (a kill during the write) and duplicates, and runs only the missing
@@ -68,7 +74,8 @@ each with one torch thread.
 agentview | wrist, upright, 20 fps)::
 
     {"suite", "profile", "protocol": {...}, "episodes_per_task",
-     "per_task": [{"task_id", "instruction", "successes", "episodes", "rate", "ci95": [lo, hi]}],
+     "per_task": [{"task_id", "instruction", "successes", "episodes", "rate", "ci95": [lo, hi],
+                   "goals": [{"predicate", "reached", "final", "episodes"}]}],
      "average", "provenance": {"git_sha", "config", "seed", "data", "encoder", "versions", "device", ...},
      "timing": {...}}
 """
@@ -537,6 +544,9 @@ class Agent:
         frames_out = [] if video else None
         proprio, vision, executed, chunks = [], {}, [], []
         success, t, queries, renders = False, 0, 0, 0
+        # how far a failure got: each BDDL goal predicate now and whether it ever held after a step
+        goals = env.goal_status()
+        goals_reached = [False] * len(goals)
         model_seconds = 0.0
         while t < int(spec["max_steps"]):
             proprio.append(self.proprio(env, obs))
@@ -564,6 +574,8 @@ class Agent:
             env_action = np.clip(self.normalizer.unnormalize_actions(action), -1.0, 1.0)
             obs, _, _, _ = env.step(env_action)
             t += 1
+            goals = env.goal_status()
+            goals_reached = [r or g for r, g in zip(goals_reached, goals)]
             if env.check_success():
                 success = True
                 break
@@ -579,6 +591,7 @@ class Agent:
                 "seconds": round(seconds, 3), "model_seconds": round(model_seconds, 3),
                 "env_build_seconds": round(build_seconds, 3), "reset_seconds": round(reset_seconds, 3),
                 "env_steps_per_s": round(env_steps / loop_seconds, 2) if loop_seconds > 0 else None,
+                "goals": list(env.goal_names), "goals_final": list(goals), "goals_reached": goals_reached,
                 "video": str(video_path) if video_path else None, "checkpoint_step": spec.get("step"),
                 "pid": os.getpid()}
 
@@ -628,10 +641,25 @@ def summarise(records: list[dict], tasks: list[int], suite: str) -> tuple[list[d
         mine = [r for r in records if int(r["task_id"]) == task_id]
         n, k = len(mine), sum(bool(r["success"]) for r in mine)
         lo, hi = wilson_interval(k, n)
-        per_task.append({"task_id": task_id, "instruction": task_info(suite, task_id).instruction, "successes": k,
-                         "episodes": n, "rate": k / n if n else None, "ci95": [lo, hi]})
+        row = {"task_id": task_id, "instruction": task_info(suite, task_id).instruction, "successes": k,
+               "episodes": n, "rate": k / n if n else None, "ci95": [lo, hi]}
+        if goals := goal_counts(mine):
+            row["goals"] = goals
+        per_task.append(row)
     rates = [t["rate"] for t in per_task if t["rate"] is not None]
     return per_task, (float(np.mean(rates)) if rates else None)
+
+
+def goal_counts(records: list[dict]) -> list[dict]:
+    """Per BDDL goal predicate of one task's episodes: in how many it ``reached`` (held after some
+    step) and ``final`` (held at the end), ``[{"predicate", "reached", "final", "episodes"}]``.
+    Empty when the records predate goal tracking (or disagree on the predicates)."""
+    with_goals = [r for r in records if r.get("goals")]
+    if not with_goals or len(with_goals) != len(records) or len({tuple(r["goals"]) for r in records}) != 1:
+        return []
+    return [{"predicate": name, "reached": sum(bool(r["goals_reached"][i]) for r in records),
+             "final": sum(bool(r["goals_final"][i]) for r in records), "episodes": len(records)}
+            for i, name in enumerate(records[0]["goals"])]
 
 
 def _timing(records: list[dict]) -> dict:

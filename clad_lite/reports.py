@@ -160,6 +160,9 @@ def _run_settings(results: dict) -> dict:
     config = results.get("provenance", {}).get("config", {})
     stage2 = config.get("stage2", {})
     return {"foresight": config.get("policy", {}).get("foresight", MISSING),
+            # the proprioception the models read (clad_lite.demos.windows); files from before the
+            # field existed used the paper's joint angles + velocities
+            "proprio": config.get("data", {}).get("proprio", "paper"),
             "steps": stage2.get("steps"), "batch": stage2.get("batch_size"),
             "ema_decay": stage2.get("ema_decay", 0.0),
             # evaluations written before weights were recorded used the raw weights
@@ -169,8 +172,10 @@ def _run_settings(results: dict) -> dict:
 
 def runs_table(runs: dict, profile_name: str) -> str:
     """One row per evaluated run (``{label: (results, source)}``, e.g. :func:`committed_runs`):
-    its foresight, stage-2 budget and weights read from the file's provenance, the pooled success
+    its foresight, proprioception, stage-2 budget and weights read from the file's provenance, the pooled success
     with its Wilson interval and the successes per task. Rows by budget, then foresight."""
+    from clad_lite.demos.windows import PROPRIO_MODES, proprio_dim
+
     rows = []
     for label, (results, _) in runs.items():
         s, pool = _run_settings(results), pooled(results)
@@ -178,11 +183,30 @@ def runs_table(runs: dict, profile_name: str) -> str:
         weights = f"EMA {s['ema_decay']:g}" if s["weights"] == "ema" else "raw"
         per_task = ",".join(str(int(t["successes"])) for t in sorted(results["per_task"], key=lambda t: t["task_id"]))
         rows.append(((s["steps"] or 0, s["foresight"] != "both", label),
-                     [f"`{label}`", "CLaD" if s["foresight"] == "both" else s["foresight"], budget, weights,
+                     [f"`{label}`", "CLaD" if s["foresight"] == "both" else s["foresight"],
+                      f"{s['proprio']} ({proprio_dim(s['proprio'])}-D)" if s["proprio"] in PROPRIO_MODES else s["proprio"],
+                      budget, weights,
                       fmt_rate(pool["successes"], pool["episodes"], pool["ci95"]), per_task, s["git"]]))
-    headers = ["run", "foresight", "stage 2 steps x batch", "weights", "avg. SR", "successes per task (0-9)", "git"]
+    headers = ["run", "foresight", "proprio", "stage 2 steps x batch", "weights", "avg. SR", "successes per task (0-9)", "git"]
     body = [row for _, row in sorted(rows, key=lambda r: r[0])]
     return markdown_table(headers, body) + _footer(profile_name, {label: src for label, (_, src) in runs.items()})
+
+
+def goal_table(results: dict, profile_name: str, source: str | None = None) -> str:
+    """What limits success, per task: each BDDL goal predicate's count of episodes in which it
+    ever held (``reached``) and held at the end (``final``), next to full success (the AND of them).
+
+    Reads ``per_task[].goals`` (``clad_lite.evaluate.goal_counts``); evaluations made before goal
+    tracking have none and show a dash.
+    """
+    rows = []
+    for t in sorted(results["per_task"], key=lambda t: t["task_id"]):
+        goals = t.get("goals") or []
+        cells = [f"{g['predicate']}: {g['reached']}/{g['episodes']} ({g['final']})" for g in goals]
+        name = P.TASK_NAMES[t["task_id"]] if t["task_id"] < len(P.TASK_NAMES) else str(t["task_id"])
+        rows.append([f"{t['task_id'] + 1}. {name}", f"{t['successes']}/{t['episodes']}", "; ".join(cells) or MISSING])
+    return (markdown_table(["task", "success", "goal predicates: reached/episodes (held at the end)"], rows)
+            + _footer(profile_name, {"run": source}))
 
 
 def table2_3(bench_result: dict, params: dict, profile_name: str, avg: dict | None = None) -> str:

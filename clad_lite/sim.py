@@ -293,6 +293,17 @@ class LiberoEnv:
         """The AND of the task's BDDL goal predicates."""
         return bool(self._control.check_success())
 
+    @property
+    def goal_names(self) -> tuple[str, ...]:
+        """The task's BDDL goal predicates as text, e.g. ``"In(alphabet_soup_1, basket_1_contain_region)"``."""
+        return tuple(f"{p[0].capitalize()}({', '.join(p[1:])})" for p in self.robosuite_env.parsed_problem["goal_state"])
+
+    def goal_status(self) -> tuple[bool, ...]:
+        """Each goal predicate's truth now, in ``goal_names`` order (``check_success`` is their AND):
+        how far a failed episode got, e.g. one of the two objects in the basket."""
+        inner = self.robosuite_env
+        return tuple(bool(inner._eval_predicate(p)) for p in inner.parsed_problem["goal_state"])
+
     def render_cameras(self) -> dict[str, np.ndarray]:
         """Render every camera now: ``{camera: (H, W, 3) uint8}``, upside down like the obs."""
         if not self.rendering:

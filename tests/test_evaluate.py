@@ -21,6 +21,7 @@ from clad_lite.evaluate import (
     EpisodeLog,
     episode_seed,
     evaluate,
+    goal_counts,
     parse_tasks,
     read_episode_log,
     run_jobs,
@@ -211,6 +212,10 @@ def test_real_rollout_end_to_end(tmp_path):
     assert record["queries"] == 5 and record["env_steps"] == 40  # τ = 6: queries at 0, 6, ..., 24; 10 warm-up steps
     video = Path(record["video"])
     assert video.is_file() and video.stat().st_size > 1000 and video.suffix == ".mp4"
+    # partial progress: task 0's two goal predicates, neither reached by a random policy in 30 steps
+    goals = ["In(alphabet_soup_1, basket_1_contain_region)", "In(tomato_sauce_1, basket_1_contain_region)"]
+    assert record["goals"] == goals and record["goals_final"] == record["goals_reached"] == [False, False]
+    assert task["goals"] == [{"predicate": g, "reached": 0, "final": 0, "episodes": 1} for g in goals]
     # resuming a finished evaluation runs nothing and gives the same numbers
     again = evaluate(run_dir, out, tasks=[TASK], episodes=1, workers=1, videos=1, progress=False, fast_reset=True)
     assert again["per_task"] == results["per_task"]
@@ -299,3 +304,15 @@ def test_weights_choice_ema_or_raw(tmp_path):
     del config["weights"]
     (tmp_path / "e_plain" / "eval_config.json").write_text(json.dumps(config))
     evaluate(plain, tmp_path / "e_plain", tasks="0", episodes=1, progress=False, rollout=fake_rollout(calls))
+
+
+def test_goal_counts_per_predicate():
+    def record(reached, final, goals=("In(a, b)", "On(c, d)")):
+        return {"goals": list(goals), "goals_reached": list(reached), "goals_final": list(final)}
+
+    records = [record((True, True), (True, True)), record((True, False), (False, False)), record((False, False), (False, False))]
+    assert goal_counts(records) == [{"predicate": "In(a, b)", "reached": 2, "final": 1, "episodes": 3},
+                                    {"predicate": "On(c, d)", "reached": 1, "final": 1, "episodes": 3}]
+    # episodes logged before goal tracking, or a mix, give no counts rather than wrong ones
+    assert goal_counts([{"success": False}]) == [] and goal_counts(records + [{"success": True}]) == []
+    assert goal_counts([record((True,), (True,), goals=("In(a, b)",)), records[0]]) == []

@@ -39,9 +39,11 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     folder = tmp_path / "figures" / "results"
     folder.mkdir(parents=True)
 
-    def write(name, ks, foresight, steps, weights=None):
-        results = dict(_results(ks, n=10), profile="cpu", provenance={"git_sha": "0123456789abc", "config": {
-            "policy": {"foresight": foresight}, "stage2": {"steps": steps, "batch_size": 64, "ema_decay": 0.999}}})
+    def write(name, ks, foresight, steps, weights=None, proprio=None):
+        config = {"policy": {"foresight": foresight}, "stage2": {"steps": steps, "batch_size": 64, "ema_decay": 0.999}}
+        if proprio:
+            config["data"] = {"proprio": proprio}
+        results = dict(_results(ks, n=10), profile="cpu", provenance={"git_sha": "0123456789abc", "config": config})
         if weights:
             results["protocol"] = {"weights": weights}
         (folder / f"libero_10_cpu{name}.json").write_text(json.dumps(results))
@@ -49,14 +51,17 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     write("", (1, 0), "both", 10_000)
     write("_policy_only", (0, 0), "none", 10_000)
     write("_stage2_40k_ema", (5, 3), "both", 40_000, "ema")
+    write("_stage2_20k_eef", (2, 1), "both", 20_000, proprio="authors_code")
     (folder / "libero_10_cpu_pipeline.json").write_text(json.dumps({"steps": []}))  # not an evaluation
     (folder / "libero_10_ci.json").write_text(json.dumps(dict(_results(), profile="ci")))  # another profile
     runs = reports.committed_runs("cpu", root=tmp_path)
-    assert list(runs) == ["main", "policy_only", "stage2_40k_ema"]
+    assert list(runs) == ["main", "policy_only", "stage2_20k_eef", "stage2_40k_ema"]
     lines = reports.runs_table(runs, "cpu").splitlines()
-    assert "`main` | CLaD | 10K x 64 | raw | 5.0% [0.9, 23.6] (1/20) | 1,0 | 0123456" in lines[2]
-    assert "`policy_only` | none | 10K x 64 | raw | 0.0%" in lines[3]
-    assert "`stage2_40k_ema` | CLaD | 40K x 64 | EMA 0.999 | 40.0%" in lines[4] and "| 5,3 |" in lines[4]
+    # a file without data.proprio in its provenance predates the field: the paper's 16-D vector
+    assert "`main` | CLaD | paper (16-D) | 10K x 64 | raw | 5.0% [0.9, 23.6] (1/20) | 1,0 | 0123456" in lines[2]
+    assert "`policy_only` | none | paper (16-D) | 10K x 64 | raw | 0.0%" in lines[3]
+    assert "`stage2_20k_eef` | CLaD | authors_code (9-D) | 20K x 64 | raw | 15.0%" in lines[4]
+    assert "`stage2_40k_ema` | CLaD | paper (16-D) | 40K x 64 | EMA 0.999 | 40.0%" in lines[5] and "| 5,3 |" in lines[5]
 
 
 def test_modality_figure_with_zero_and_full_success():
@@ -105,3 +110,12 @@ def test_integrated_gradients_shape_on_tiny_random_encoder():
     # completeness: the attributions sum to f(x) - f(baseline), up to the Riemann error
     gap = float(forward(image) - forward(torch.zeros_like(image)))
     assert abs(float(attribution.sum()) - gap) <= abs(delta) + 1e-4
+
+
+def test_goal_table_shows_partial_progress_and_old_files():
+    results = _results((0, 1), n=2)
+    results["per_task"][0]["goals"] = [{"predicate": "In(a, b)", "reached": 2, "final": 1, "episodes": 2},
+                                       {"predicate": "In(c, b)", "reached": 0, "final": 0, "episodes": 2}]
+    lines = reports.goal_table(results, "cpu", "r.json").splitlines()
+    assert lines[2].endswith("| 0/2 | In(a, b): 2/2 (1); In(c, b): 0/2 (0) |")
+    assert lines[3].endswith(f"| 1/2 | {reports.MISSING} |") and "r.json" in lines[-1]

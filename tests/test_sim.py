@@ -107,3 +107,23 @@ def test_cached_env_is_reused_per_key_and_closes_the_previous_one():
     assert second is not first and first._control is None  # the previous one was closed
     close_cached_envs()
     assert second._control is None
+
+
+def test_goal_predicates_show_partial_progress(env):
+    """goal_status evaluates each BDDL goal predicate: one can dropped into the basket makes the
+    first of task 0's two predicates true while check_success (their AND) stays false."""
+    assert env.goal_names == ("In(alphabet_soup_1, basket_1_contain_region)",
+                              "In(tomato_sauce_1, basket_1_contain_region)")
+    env.reset_to_init_state(0)
+    for _ in range(15):
+        env.step(NOOP_ACTION)
+    assert env.goal_status() == (False, False)
+    sim = env.sim
+    basket = sim.data.body_xpos[sim.model.body_name2id("basket_1_main")].copy()
+    qpos = sim.data.get_joint_qpos("alphabet_soup_1_joint0").copy()
+    qpos[:3] = basket + np.array([0.0, 0.0, 0.05])
+    sim.data.set_joint_qpos("alphabet_soup_1_joint0", qpos)
+    sim.forward()
+    for _ in range(20):
+        env.step(NOOP_ACTION)
+    assert env.goal_status() == (True, False) and not env.check_success()
