@@ -654,8 +654,7 @@ def goal_counts(records: list[dict]) -> list[dict]:
     """Per BDDL goal predicate of one task's episodes: in how many it ``reached`` (held after some
     step) and ``final`` (held at the end), ``[{"predicate", "reached", "final", "episodes"}]``.
     Empty when the records predate goal tracking (or disagree on the predicates)."""
-    with_goals = [r for r in records if r.get("goals")]
-    if not with_goals or len(with_goals) != len(records) or len({tuple(r["goals"]) for r in records}) != 1:
+    if not records or not all(r.get("goals") for r in records) or len({tuple(r["goals"]) for r in records}) != 1:
         return []
     return [{"predicate": name, "reached": sum(bool(r["goals_reached"][i]) for r in records),
              "final": sum(bool(r["goals_final"][i]) for r in records), "episodes": len(records)}

@@ -92,6 +92,11 @@ def _footer(profile_name: str, sources: dict) -> str:
 
 
 # =========================================================================== tables
+def _task_name(task_id: int) -> str:
+    """The paper's short name of a libero_10 task, else its number."""
+    return P.TASK_NAMES[task_id] if task_id < len(P.TASK_NAMES) else str(task_id)
+
+
 def table1(results: dict | None, profile_name: str, source: str | None = None) -> str:
     """Per-task success: the project's CLaD run next to the paper's columns."""
     paper = P.TABLE1
@@ -125,8 +130,7 @@ def foresight_gain_table(clad: dict, baseline: dict, profile_name: str, sources:
         ta, tb = a.get(i), b.get(i)
         diff = (f"{100 * (ta['successes'] / ta['episodes'] - tb['successes'] / tb['episodes']):+.0f}"
                 if ta and tb and ta["episodes"] and tb["episodes"] else MISSING)
-        name = P.TASK_NAMES[i] if i < len(P.TASK_NAMES) else str(i)
-        rows.append([f"{i + 1}. {name}", fmt_rate(ta["successes"], ta["episodes"], ta.get("ci95")) if ta else "not run",
+        rows.append([f"{i + 1}. {_task_name(i)}", fmt_rate(ta["successes"], ta["episodes"], ta.get("ci95")) if ta else "not run",
                      fmt_rate(tb["successes"], tb["episodes"], tb.get("ci95")) if tb else "not run", diff])
     pa, pb = pooled(clad), pooled(baseline)
     d = pa["rate"] - pb["rate"]
@@ -203,8 +207,7 @@ def goal_table(results: dict, profile_name: str, source: str | None = None) -> s
     for t in sorted(results["per_task"], key=lambda t: t["task_id"]):
         goals = t.get("goals") or []
         cells = [f"{g['predicate']}: {g['reached']}/{g['episodes']} ({g['final']})" for g in goals]
-        name = P.TASK_NAMES[t["task_id"]] if t["task_id"] < len(P.TASK_NAMES) else str(t["task_id"])
-        rows.append([f"{t['task_id'] + 1}. {name}", f"{t['successes']}/{t['episodes']}", "; ".join(cells) or MISSING])
+        rows.append([f"{t['task_id'] + 1}. {_task_name(t['task_id'])}", f"{t['successes']}/{t['episodes']}", "; ".join(cells) or MISSING])
     return (markdown_table(["task", "success", "goal predicates: reached/episodes (held at the end)"], rows)
             + _footer(profile_name, {"run": source}))
 
