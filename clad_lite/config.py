@@ -70,6 +70,10 @@ class DataConfig:
     ``image_stride`` = s renders only every s-th step (rendering dominates the cost of a data
     set on a CPU, see clad_lite.demos.hdf5); τ must be a multiple of it, because training
     windows need images at t - τ, t and t + τ.
+
+    ``vision_source``: what fills the models' vision (and language) inputs: ``"encoder"``, the
+    frozen encoder's embeddings (the paper), or ``"sim_state"``, the simulator's true state and a
+    one-hot task code (a privileged-perception diagnostic, not the paper: clad_lite.state_oracle).
     """
 
     suite: str = "libero_10"
@@ -79,6 +83,7 @@ class DataConfig:
     image_stride: int = 1
     cameras: tuple[str, ...] = ("agentview_rgb", "eye_in_hand_rgb")
     proprio: str = "paper"
+    vision_source: str = "encoder"
     root: str = "data"
     workers: int = 2
     seed: int = 0
@@ -95,6 +100,10 @@ class DataConfig:
         # clad_lite.demos.windows: official LIBERO files have no joint velocities)
         _check(self.proprio in PROPRIO_MODES, f"data.proprio must be one of {sorted(PROPRIO_MODES)}, got {self.proprio!r}")
         _check(len(self.cameras) > 0, "data.cameras must name at least one camera")
+        from clad_lite.state_oracle import VISION_SOURCES
+
+        _check(self.vision_source in VISION_SOURCES,
+               f"data.vision_source must be one of {VISION_SOURCES}, got {self.vision_source!r}")
 
     @property
     def proprio_dim(self) -> int:

@@ -94,6 +94,7 @@ from pathlib import Path
 import numpy as np
 
 from clad_lite.configuration_clad import WEIGHTS, resolve_weights
+from clad_lite.state_oracle import SIM_STATE, StateObservation
 
 EPISODES_NAME = "episodes.jsonl"
 RESULTS_NAME = "results.json"
@@ -328,6 +329,21 @@ def _find_norm_stats(data_dir: Path | None, proprio: str) -> tuple[dict, str]:
     return stats, str(path)
 
 
+def _find_state_stats(data_dir: Path) -> tuple[dict, str]:
+    """The per-task simulator-state statistics of a ``sim_state`` run (``DATA/state_stats.json``)."""
+    from clad_lite.state_oracle import STATE_STATS_FILE, load_or_compute_state_stats
+
+    path = data_dir / STATE_STATS_FILE
+    if path.is_file():
+        return json.loads(path.read_text()), str(path)
+    from clad_lite.demos import hdf5 as H
+
+    files = H.find_demo_files([data_dir]) if data_dir.is_dir() else []
+    if not files:
+        raise _user_error(f"state statistics not found: {path} (and no data in {data_dir} to compute them)")
+    return load_or_compute_state_stats(files), str(Path(files[0]).resolve().parent / STATE_STATS_FILE)
+
+
 def _cache_info(cache_dir: str | None) -> dict:
     if not cache_dir:
         return {}
@@ -361,6 +377,13 @@ def load_run(ckpt_path, encoder: str | None = None, need_encoder: bool = True) -
         raise _user_error(f"the policy of {ckpt} needs its stage-1 CLaD, recorded as {clad_checkpoint!r}, "
                           "which does not exist")
     stats, stats_path = _find_norm_stats(Path(data["data_dir"]) if data.get("data_dir") else None, profile.data.proprio)
+    state_stats, state_stats_path = None, None
+    if profile.data.vision_source == SIM_STATE:  # the privileged-state oracle reads no images
+        need_encoder = False
+        if data.get("state_stats"):
+            state_stats, state_stats_path = data["state_stats"], "run"
+        else:
+            state_stats, state_stats_path = _find_state_stats(Path(data["data_dir"]))
     cache = _cache_info(data.get("cache_dir"))
     encoder_hash = data.get("encoder_hash") or cache.get("encoder_hash")
     spec = encoder or cache.get("encoder_spec") or profile.encoder.spec
@@ -378,6 +401,7 @@ def load_run(ckpt_path, encoder: str | None = None, need_encoder: bool = True) -
         "norm_stats": stats, "norm_stats_path": stats_path, "data": data, "cache_dir": data.get("cache_dir"),
         "cache_dtype": cache.get("dtype", "float16"), "encoder_spec": str(spec) if spec else None,
         "encoder_hash": encoder_hash, "has_ema": checkpoint.get("ema") is not None,
+        "state_stats": state_stats, "state_stats_path": state_stats_path,
     }
 
 
@@ -417,7 +441,13 @@ class Agent:
 
         to_env = {v: k for k, v in H.CAMERA_KEYS.items()}
         self.env_cameras = tuple(to_env[c] for c in self.cameras)
-        self.encoder = self._load_encoder(spec)
+        self.state_observation = None
+        if profile.data.vision_source == SIM_STATE:
+            self.state_observation = StateObservation(spec["state_stats"], profile.policy.vision_dim,
+                                                      profile.policy.language_dim, self.cameras)
+            self.encoder = None
+        else:
+            self.encoder = self._load_encoder(spec)
         self.cache_dtype = np.float16 if spec.get("cache_dtype", "float16") == "float16" else np.float32
         self._text: dict[str, np.ndarray] = {}
         self.noop = self.normalizer.normalize_actions(_noop()).astype(np.float32)
@@ -458,6 +488,8 @@ class Agent:
         return env
 
     def language(self, instruction: str) -> np.ndarray:
+        if self.state_observation is not None:
+            return self.state_observation.language(instruction)
         if instruction not in self._text:
             vector = None
             cache_dir = self.spec.get("cache_dir")
@@ -552,10 +584,14 @@ class Agent:
             proprio.append(self.proprio(env, obs))
             frames = None
             if t % self.query_every == 0:
-                frames = env.render_cameras()
-                renders += 1
+                if self.state_observation is None or self.observer is not None:
+                    frames = env.render_cameras()
+                    renders += 1
                 tick = time.perf_counter()
-                vision[t] = self.vision(frames)
+                if self.state_observation is None:
+                    vision[t] = self.vision(frames)
+                else:  # the oracle: the true simulator state instead of the encoded cameras
+                    vision[t] = self.state_observation.vision(instruction, env.get_sim_state())
                 chunks.append((t, self.plan(t, proprio, vision, executed, language, generator)))
                 model_seconds += time.perf_counter() - tick
                 queries += 1
@@ -840,7 +876,9 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
         "per_task": per_task, "average": average,
         "provenance": {
             "git_sha": git_sha(), "config": base["config"], "seed": seed,
-            "data": {**base["data"], "norm_stats": base["norm_stats_path"]},
+            "data": {**{k: v for k, v in base["data"].items() if k != "state_stats"},
+                     "norm_stats": base["norm_stats_path"], "vision_source": profile.data.vision_source,
+                     **({"state_stats": base["state_stats_path"]} if base.get("state_stats_path") else {})},
             "encoder": {"spec": base["encoder_spec"], "hash": base["encoder_hash"],
                         "kind": profile.encoder.kind, "embed_dim": profile.encoder.embed_dim},
             "versions": _versions(), "device": device_description(),

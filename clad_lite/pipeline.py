@@ -89,7 +89,7 @@ _NOT_CONTENT = {"data": ("workers",), "encoder": ("threads", "save_every", "log_
                 "eval": ("workers", "videos_per_task")}
 # fields added after runs were stamped: at this value they change nothing that was made, so they
 # are left out of the fingerprint (older stamps, which lack them, still match)
-_OMIT_AT = {"stage1": {"ema_decay": 0.0}, "stage2": {"ema_decay": 0.0}}
+_OMIT_AT = {"stage1": {"ema_decay": 0.0}, "stage2": {"ema_decay": 0.0}, "data": {"vision_source": "encoder"}}
 
 
 @dataclass
@@ -222,6 +222,11 @@ class Pipeline:
         self.threads = threads
         self.progress, self.verbose = progress, verbose
         self.train_workers, self.eval_workers = train_workers, eval_workers
+        # the privileged-state oracle (clad_lite.state_oracle) reads simulator states: no encoder, no
+        # embeddings, and demonstrations need no images (physics only)
+        from clad_lite.state_oracle import SIM_STATE
+
+        self.oracle = self.profile.data.vision_source == SIM_STATE
         self.steps: list[StepRecord] = []
         self._memo: dict[str, object] = {}
         self._planned = len(self.STEPS)
@@ -305,7 +310,7 @@ class Pipeline:
         rows = {row["task_id"]: row for row in summary.get("tasks", [])}
         for task in d.tasks:
             row = rows.get(task)
-            if row is None or not (self.data_dir / row["file"]).exists() or not row.get("images_rendered"):
+            if row is None or not (self.data_dir / row["file"]).exists() or not (row.get("images_rendered") or self.oracle):
                 return False, f"task {task} missing"
             short = row["demos"] < d.demos_per_task
             exhausted = row["attempts"] >= int(config.get("max_attempts") or 4 * d.demos_per_task)
@@ -337,7 +342,7 @@ class Pipeline:
                                f"(images every {d.image_stride} steps) into {self.data_dir}")
         summary = generate(GenerateConfig(suite=d.suite, tasks=list(d.tasks), demos=d.demos_per_task,
                                           out=str(self.data_dir), workers=d.workers, image_size=d.image_size,
-                                          image_stride=d.image_stride,
+                                          image_stride=d.image_stride, render=not self.oracle,
                                           seed=d.seed, progress=self.progress))
         empty = [r["task_id"] for r in summary["tasks"] if r["demos"] == 0]
         if empty:
@@ -383,6 +388,10 @@ class Pipeline:
             return self._memo["encoder"]
         data_dir = self.data()
         start = time.perf_counter()
+        if self.oracle:
+            self._memo["encoder"] = None
+            self._record("encoder", "skipped", start, None, "data.vision_source=sim_state reads no images")
+            return None
         spec = self.encoder_spec()
         if self.profile.encoder.kind != "lite":
             self._memo["encoder"] = spec
@@ -420,7 +429,9 @@ class Pipeline:
                      + (f", retrieval top-1 {top1:.2f}" if top1 is not None else ""))
         return spec
 
-    def encoder_hash(self) -> str:
+    def encoder_hash(self) -> str | None:
+        if self.oracle:
+            return None
         if "encoder_hash" not in self._memo:
             from clad_lite.encoders.base import load_encoder
 
@@ -435,6 +446,10 @@ class Pipeline:
         spec = self.encoder()
         data_dir = self.data()
         start = time.perf_counter()
+        if self.oracle:
+            self._memo["embeddings"] = None
+            self._record("embeddings", "skipped", start, None, "data.vision_source=sim_state reads no images")
+            return None
         from clad_lite.encoders.base import load_encoder
         from clad_lite.encoders.cache import cache_dir_for, embed_directory
 

@@ -167,6 +167,9 @@ def _run_settings(results: dict) -> dict:
             # the proprioception the models read (clad_lite.demos.windows); files from before the
             # field existed used the paper's joint angles + velocities
             "proprio": config.get("data", {}).get("proprio", "paper"),
+            # what filled the vision slot (clad_lite.state_oracle) and how far apart the training windows were
+            "vision": config.get("data", {}).get("vision_source", "encoder"),
+            "window_stride": config.get("data", {}).get("image_stride"),
             "steps": stage2.get("steps"), "batch": stage2.get("batch_size"),
             "ema_decay": stage2.get("ema_decay", 0.0),
             # evaluations written before weights were recorded used the raw weights
@@ -174,9 +177,17 @@ def _run_settings(results: dict) -> dict:
             "git": (results.get("provenance", {}).get("git_sha") or MISSING)[:7]}
 
 
+def _vision_label(settings: dict) -> str:
+    source = "sim state (oracle)" if settings["vision"] == "sim_state" else settings["vision"]
+    stride = settings["window_stride"]
+    return source if stride is None else f"{source} (every {'step' if stride == 1 else f'{stride}th step'})"
+
+
 def runs_table(runs: dict, profile_name: str) -> str:
     """One row per evaluated run (``{label: (results, source)}``, e.g. :func:`committed_runs`):
-    its foresight, proprioception, stage-2 budget and weights read from the file's provenance, the pooled success
+    its foresight, proprioception, vision source (the frozen encoder, or the privileged simulator state of
+    ``clad_lite.state_oracle``) with the spacing of its training windows, stage-2 budget and weights read from
+    the file's provenance, the pooled success
     with its Wilson interval and the successes per task. Rows by budget, then foresight."""
     from clad_lite.demos.windows import PROPRIO_MODES, proprio_dim
 
@@ -189,9 +200,10 @@ def runs_table(runs: dict, profile_name: str) -> str:
         rows.append(((s["steps"] or 0, s["foresight"] != "both", label),
                      [f"`{label}`", "CLaD" if s["foresight"] == "both" else s["foresight"],
                       f"{s['proprio']} ({proprio_dim(s['proprio'])}-D)" if s["proprio"] in PROPRIO_MODES else s["proprio"],
-                      budget, weights,
+                      _vision_label(s), budget, weights,
                       fmt_rate(pool["successes"], pool["episodes"], pool["ci95"]), per_task, s["git"]]))
-    headers = ["run", "foresight", "proprio", "stage 2 steps x batch", "weights", "avg. SR", "successes per task (0-9)", "git"]
+    headers = ["run", "foresight", "proprio", "vision (windows)", "stage 2 steps x batch", "weights", "avg. SR",
+               "successes per task (0-9)", "git"]
     body = [row for _, row in sorted(rows, key=lambda r: r[0])]
     return markdown_table(headers, body) + _footer(profile_name, {label: src for label, (_, src) in runs.items()})
 

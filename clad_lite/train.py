@@ -157,6 +157,7 @@ class TrainingData:
     data_dir: str | None = None
     cache_dir: str | None = None
     encoder_hash: str | None = None
+    extra: dict = field(default_factory=dict)  # more of what a run must remember of its data (run.json "data")
 
 
 def find_cache_dir(data_dir: Path, embed_dim: int, cameras) -> Path:
@@ -186,12 +187,16 @@ def find_cache_dir(data_dir: Path, embed_dim: int, cameras) -> Path:
 
 
 def load_training_data(profile, data_dir=None, cache_dir=None) -> TrainingData:
-    """WindowDataset over ``data_dir`` with every embedding of the cache held in memory."""
+    """WindowDataset over ``data_dir`` with every embedding of the cache held in memory (with
+    ``data.vision_source = "sim_state"``: simulator states instead, see clad_lite.state_oracle)."""
     from clad_lite.cli import UserError
     from clad_lite.demos import hdf5 as H
     from clad_lite.demos.windows import ArrayEmbeddings, WindowDataset
     from clad_lite.encoders.cache import EmbeddingCache, StaleCacheError
+    from clad_lite.state_oracle import SIM_STATE, load_state_training_data
 
+    if profile.data.vision_source == SIM_STATE:
+        return load_state_training_data(profile, data_dir)
     data_dir = Path(data_dir if data_dir is not None else profile.data.path)
     if not data_dir.is_dir():
         raise UserError(f"data directory not found: {data_dir} (generate demonstrations with python -m clad_lite "
@@ -660,7 +665,7 @@ def train(profile, stage: int, out, *, data_dir=None, cache_dir=None, clad=None,
             stale.unlink(missing_ok=True)
     writer.json("config.json", profile.to_dict())
     run_info = {"stage": stage, "data": {"data_dir": data.data_dir, "cache_dir": data.cache_dir,
-                                         "encoder_hash": data.encoder_hash, "windows": n},
+                                         "encoder_hash": data.encoder_hash, "windows": n, **data.extra},
                 "clad_checkpoint": clad_checkpoint_path, "world_size": world, "device": str(device),
                 "torch": torch.__version__, "compile": bool(compile)}
     writer.json("run.json", run_info)

@@ -163,6 +163,24 @@ def test_baseline_uses_the_same_data_and_budget(first_run):
         assert (root / "run" / "eval_policy_only" / "results.json").is_file()
 
 
+def test_state_oracle_skips_encoder_and_embeddings(first_run):
+    """data.vision_source=sim_state: the same data, no encoder or embeddings, CLaD and the policy on states."""
+    root, _, _ = first_run
+    pipe = Pipeline("ci", out=root / "oracle", overrides=overrides(root) + ["data.vision_source=sim_state"], threads=1,
+                    progress=False)
+    summary = pipe.run(skip_eval=not HAVE_EVAL)
+    got = statuses(summary["steps"])
+    assert list(got) == STEPS and got["data"] == "reused"
+    assert got["encoder"] == got["embeddings"] == "skipped" and got["stage1:clad"] == got["stage2:policy"] == "done"
+    policy = torch.load(root / "oracle" / "policy" / "last.pt", weights_only=True)
+    assert policy["data"]["encoder_hash"] is None and set(policy["data"]["state_stats"]["tasks"]) == {
+        "turn on the stove and put the moka pot on it"}
+    if HAVE_EVAL:
+        results = json.loads((root / "oracle" / "eval_policy" / "results.json").read_text())
+        assert results["provenance"]["data"]["vision_source"] == "sim_state"
+    assert statuses(pipe.run(skip_eval=not HAVE_EVAL)["steps"])["stage2:policy"] == "reused"
+
+
 def test_parallel_baseline_runs_in_a_second_process(first_run):
     root, _, _ = first_run
     pipe = Pipeline("ci", out=root / "parallel", overrides=overrides(root), threads=1, progress=False)
@@ -218,3 +236,6 @@ def test_a_field_at_its_neutral_value_keeps_older_stamps_valid():
     assert _section(apply_overrides(profile, ["stage2.ema_decay=0.99"]), "stage2")["ema_decay"] == 0.99
     saved_before = {k: v for k, v in profile.to_dict()["stage2"].items() if k != "ema_decay"}
     assert _content("stage2", saved_before) == _section(profile, "stage2")
+    data_before = {k: v for k, v in profile.to_dict()["data"].items() if k != "vision_source"}
+    assert _content("data", data_before) == _section(profile, "data")
+    assert _section(apply_overrides(profile, ["data.vision_source=sim_state"]), "data")["vision_source"] == "sim_state"

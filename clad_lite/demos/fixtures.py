@@ -84,9 +84,10 @@ def write_official_style(path, lengths=(30, 24), image_size: int = 16, instructi
 
 
 def write_ours(path, lengths=(30, 24), image_size: int = 16, instruction: str = INSTRUCTION,
-               images: bool = True, image_stride: int = 1):
+               images: bool = True, image_stride: int = 1, state_dim: int = 20):
     """A file laid out as ``generate`` writes it (``images=False``: as after pass 1 only;
-    ``image_stride`` = s: images only at every s-th step, as ``generate --image-stride s``)."""
+    ``image_stride`` = s: images only at every s-th step, as ``generate --image-stride s``;
+    ``state_dim``: width of the flattened sim ``states``)."""
     import h5py
 
     with h5py.File(path, "w") as f:
@@ -96,7 +97,7 @@ def write_ours(path, lengths=(30, 24), image_size: int = 16, instruction: str = 
                            extra={"clad_lite_format": H.FORMAT_VERSION, "obs_convention": H.OBS_BEFORE_ACTION,
                                   "images_rendered": images, "suite": "libero_10", "task_id": 0})
         for i, T in enumerate(lengths):
-            demo = synthetic_demo(T, image_size, seed=i)
+            demo = synthetic_demo(T, image_size, state_dim=state_dim, seed=i)
             strided = {}
             if not images or image_stride > 1:
                 for key in H.IMAGE_KEYS:

@@ -252,11 +252,14 @@ class WindowDataset(_torch_dataset_base()):
         stats: statistics dict, a path to a JSON file, or None = :func:`load_or_compute_norm_stats`
             next to the data.
         upright: flip images upright (the files store them upside down).
+        window_stride: windows at t = 0, s, 2s, ... for this s instead of the file's image stride
+            (only with ``embeddings`` that exist at every step, such as simulator states; s must
+            divide τ).
     """
 
     def __init__(self, paths, *, tau: int = TAU, proprio: str = "paper", cameras: Sequence[str] = H.IMAGE_KEYS,
                  embeddings: Callable | None = None, text_embeddings=None, edge: str = "pad",
-                 normalize: bool = True, stats=None, upright: bool = True):
+                 normalize: bool = True, stats=None, upright: bool = True, window_stride: int | None = None):
         if tau < 1:
             raise ValueError(f"tau must be >= 1, got {tau}")
         if edge not in EDGE_RULES:
@@ -269,6 +272,8 @@ class WindowDataset(_torch_dataset_base()):
         self.embeddings, self.upright = as_embedding_source(embeddings), upright
         proprio_keys = [k for k, _ in _proprio_keys(proprio)]
         needs_images = bool(self.cameras) and embeddings is None
+        if window_stride is not None and (needs_images or window_stride < 1 or tau % window_stride):
+            raise ValueError(f"window_stride={window_stride} needs embeddings at every step and must divide τ = {tau}")
         require = proprio_keys + (["obs/" + c for c in self.cameras] if needs_images else [])
 
         self.instructions: list[str] = []
@@ -289,7 +294,7 @@ class WindowDataset(_torch_dataset_base()):
                             "files lack; use proprio='authors_code'", error.demo, error.key) from None
                     raise
                 instruction = f.instruction
-                stride = f.image_stride if self.cameras else 1
+                stride = window_stride or (f.image_stride if self.cameras else 1)
                 if tau % stride:
                     raise ValueError(f"{path}: images every {stride} steps, but τ = {tau} is not a multiple of that")
                 if instruction not in self.instructions:
