@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,6 +179,24 @@ def test_state_oracle_skips_encoder_and_embeddings(first_run):
     if HAVE_EVAL:
         results = json.loads((root / "oracle" / "eval_policy" / "results.json").read_text())
         assert results["provenance"]["data"]["vision_source"] == "sim_state"
+        # a rollout reads the same features as training: a demo's first state restored in the evaluation's
+        # environment gives exactly the windows' vision
+        from clad_lite.demos import hdf5 as H
+        from clad_lite.evaluate import Agent, load_run
+        from clad_lite.sim import task_info
+
+        agent = Agent(dict(load_run(root / "oracle" / "policy"), suite="libero_10", max_steps=12, warmup_steps=0,
+                           query_every=6, ensemble=False, start_actions="noop", seed=7, fast_reset=True))
+        env = agent.env(2)
+        (demo_file,) = H.find_demo_files([pipe.data_dir])
+        with H.DemoFile(demo_file) as f:
+            first = f.read("demo_0", ["states"])["states"][0]
+        env.reset()
+        env.set_sim_state(first)
+        instruction = task_info("libero_10", 2).instruction
+        seen = agent.state_observation.vision(instruction, env.get_sim_state())
+        assert seen.shape == (policy["config"]["policy"]["vision_dim"],) and np.any(seen != 0)
+        np.testing.assert_array_equal(seen, agent.state_observation.vision(instruction, first))
     assert statuses(pipe.run(skip_eval=not HAVE_EVAL)["steps"])["stage2:policy"] == "reused"
 
 
