@@ -31,14 +31,23 @@ def git_sha(start: str | Path | None = None) -> str | None:
     here = Path(start or __file__).resolve()
     for folder in [here, *here.parents]:
         git_dir = folder / ".git"
+        common = git_dir
+        if git_dir.is_file():  # a worktree (git worktree add): ".git" names its own folder, whose commondir holds the refs
+            text = git_dir.read_text().strip()
+            if not text.startswith("gitdir: "):
+                return None
+            git_dir = (folder / text[8:]).resolve()
+            common = (git_dir / (git_dir / "commondir").read_text().strip()).resolve() \
+                if (git_dir / "commondir").is_file() else git_dir
         if git_dir.is_dir():
             head = (git_dir / "HEAD").read_text().strip()
             if not head.startswith("ref: "):
                 return head
             ref = head[5:]
-            if (git_dir / ref).is_file():
-                return (git_dir / ref).read_text().strip()
-            packed = git_dir / "packed-refs"
+            for root in (git_dir, common):
+                if (root / ref).is_file():
+                    return (root / ref).read_text().strip()
+            packed = common / "packed-refs"
             if packed.is_file():
                 for line in packed.read_text().splitlines():
                     if line.endswith(" " + ref):
