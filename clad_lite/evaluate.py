@@ -329,21 +329,6 @@ def _find_norm_stats(data_dir: Path | None, proprio: str) -> tuple[dict, str]:
     return stats, str(path)
 
 
-def _find_state_stats(data_dir: Path) -> tuple[dict, str]:
-    """The per-task simulator-state statistics of a ``sim_state`` run (``DATA/state_stats.json``)."""
-    from clad_lite.state_oracle import STATE_STATS_FILE, load_or_compute_state_stats
-
-    path = data_dir / STATE_STATS_FILE
-    if path.is_file():
-        return json.loads(path.read_text()), str(path)
-    from clad_lite.demos import hdf5 as H
-
-    files = H.find_demo_files([data_dir]) if data_dir.is_dir() else []
-    if not files:
-        raise _user_error(f"state statistics not found: {path} (and no data in {data_dir} to compute them)")
-    return load_or_compute_state_stats(files), str(Path(files[0]).resolve().parent / STATE_STATS_FILE)
-
-
 def _cache_info(cache_dir: str | None) -> dict:
     if not cache_dir:
         return {}
@@ -377,13 +362,13 @@ def load_run(ckpt_path, encoder: str | None = None, need_encoder: bool = True) -
         raise _user_error(f"the policy of {ckpt} needs its stage-1 CLaD, recorded as {clad_checkpoint!r}, "
                           "which does not exist")
     stats, stats_path = _find_norm_stats(Path(data["data_dir"]) if data.get("data_dir") else None, profile.data.proprio)
-    state_stats, state_stats_path = None, None
+    state_stats = None
     if profile.data.vision_source == SIM_STATE:  # the privileged-state oracle reads no images
         need_encoder = False
-        if data.get("state_stats"):
-            state_stats, state_stats_path = data["state_stats"], "run"
-        else:
-            state_stats, state_stats_path = _find_state_stats(Path(data["data_dir"]))
+        state_stats = data.get("state_stats")  # train records them (clad_lite.state_oracle.load_state_training_data)
+        if not state_stats:
+            raise _user_error(f"{ckpt} is a data.vision_source=sim_state run without its state statistics "
+                              "(run.json data.state_stats): it was not trained by clad_lite train")
     cache = _cache_info(data.get("cache_dir"))
     encoder_hash = data.get("encoder_hash") or cache.get("encoder_hash")
     spec = encoder or cache.get("encoder_spec") or profile.encoder.spec
@@ -401,7 +386,7 @@ def load_run(ckpt_path, encoder: str | None = None, need_encoder: bool = True) -
         "norm_stats": stats, "norm_stats_path": stats_path, "data": data, "cache_dir": data.get("cache_dir"),
         "cache_dtype": cache.get("dtype", "float16"), "encoder_spec": str(spec) if spec else None,
         "encoder_hash": encoder_hash, "has_ema": checkpoint.get("ema") is not None,
-        "state_stats": state_stats, "state_stats_path": state_stats_path,
+        "state_stats": state_stats,
     }
 
 
@@ -878,7 +863,7 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
             "git_sha": git_sha(), "config": base["config"], "seed": seed,
             "data": {**{k: v for k, v in base["data"].items() if k != "state_stats"},
                      "norm_stats": base["norm_stats_path"], "vision_source": profile.data.vision_source,
-                     **({"state_stats": base["state_stats_path"]} if base.get("state_stats_path") else {})},
+                     **({"state_stats": "run"} if base.get("state_stats") else {})},
             "encoder": {"spec": base["encoder_spec"], "hash": base["encoder_hash"],
                         "kind": profile.encoder.kind, "embed_dim": profile.encoder.embed_dim},
             "versions": _versions(), "device": device_description(),

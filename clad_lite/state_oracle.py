@@ -26,8 +26,6 @@ rollouts read ``env.get_sim_state()`` through those, rendering cameras only for 
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -74,19 +72,10 @@ def compute_state_stats(paths: Sequence) -> dict:
 
 def load_or_compute_state_stats(paths: Sequence, stats_path=None) -> dict:
     """The saved statistics if they were computed on exactly these files, else compute and save them."""
-    from clad_lite.demos.windows import _fingerprint
+    from clad_lite.demos.windows import load_or_compute_stats
 
-    paths = [Path(p) for p in paths]
-    stats_path = Path(stats_path) if stats_path is not None else Path(paths[0]).resolve().parent / STATE_STATS_FILE
-    if stats_path.exists():
-        saved = json.loads(stats_path.read_text())
-        if saved.get("files") == _fingerprint(paths):
-            return saved
-    stats = compute_state_stats(paths)
-    tmp = stats_path.with_name(stats_path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stats))
-    os.replace(tmp, stats_path)
-    return stats
+    stats_path = stats_path if stats_path is not None else Path(paths[0]).resolve().parent / STATE_STATS_FILE
+    return load_or_compute_stats(paths, stats_path, compute_state_stats, indent=None)
 
 
 class StateObservation:
@@ -117,18 +106,25 @@ class StateObservation:
             raise KeyError(f"no state statistics for the task {instruction!r}; known: {self.instructions}")
         return instruction
 
-    def vision(self, instruction: str, states: np.ndarray) -> np.ndarray:
-        """Flattened MuJoCo states (T, S) or (S,) -> standardised, zero-padded (T, vision_dim) / (vision_dim,)."""
+    def standardise(self, instruction: str, states: np.ndarray) -> np.ndarray:
+        """Flattened MuJoCo states (T, S) or (S,) -> standardised, clipped (T, S - 1) / (S - 1,) float32."""
         key = self._task(instruction)
         s = scene_state(states)
         width = self.tasks[key]["width"]
         if s.shape[-1] != width:
             raise ValueError(f"a scene state of width {s.shape[-1] + 1} for {key!r}, whose statistics have "
                              f"{width + 1}: another scene or simulator version")
-        x = np.clip((s - self._mean[key]) / self._scale[key], -CLIP, CLIP)
+        return np.clip((s - self._mean[key]) / self._scale[key], -CLIP, CLIP).astype(np.float32)
+
+    def pad(self, x: np.ndarray) -> np.ndarray:
+        """Standardised states (..., w) -> zero-padded (..., vision_dim)."""
         out = np.zeros((*x.shape[:-1], self.vision_dim), np.float32)
-        out[..., :width] = x
+        out[..., :x.shape[-1]] = x
         return out
+
+    def vision(self, instruction: str, states: np.ndarray) -> np.ndarray:
+        """Flattened MuJoCo states (T, S) or (S,) -> standardised, zero-padded (T, vision_dim) / (vision_dim,)."""
+        return self.pad(self.standardise(instruction, states))
 
     def camera_part(self, vision: np.ndarray, camera: str) -> np.ndarray:
         """The slice of a (..., vision_dim) vision vector that stands in camera ``camera``'s embedding."""
@@ -156,14 +152,11 @@ class StateEmbeddings:
                 instruction = f.instruction
                 for demo in f.demos:
                     states = f.read(demo, ["states"])["states"]
-                    width = observation.tasks[observation._task(instruction)]["width"]
-                    self._vision[(Path(path).name, demo)] = observation.vision(instruction, states)[:, :width].copy()
+                    self._vision[(Path(path).name, demo)] = observation.standardise(instruction, states)
 
     def __call__(self, file, demo, t, camera):
         x = self._vision[(Path(file).name, demo)][np.asarray(t)]
-        padded = np.zeros((len(x), self.observation.vision_dim), np.float32)
-        padded[:, :x.shape[1]] = x
-        return self.observation.camera_part(padded, camera)
+        return self.observation.camera_part(self.observation.pad(x), camera)
 
 
 def load_state_training_data(profile, data_dir=None):

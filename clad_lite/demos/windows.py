@@ -129,19 +129,27 @@ def default_stats_path(paths: Sequence) -> Path:
     return Path(paths[0]).resolve().parent / STATS_FILE
 
 
-def load_or_compute_norm_stats(paths: Sequence, stats_path=None, *, recompute: bool = False) -> dict:
-    """Load the saved statistics if they were computed on exactly these files, else compute and save."""
+def load_or_compute_stats(paths: Sequence, stats_path, compute: Callable[[list[Path]], dict], *,
+                          recompute: bool = False, indent: int | None = 1) -> dict:
+    """The statistics saved at ``stats_path`` if their ``files`` fingerprint is that of exactly these
+    files, else ``compute(paths)`` (a dict with that fingerprint under ``files``), saved atomically."""
     paths = [Path(p) for p in paths]
-    stats_path = Path(stats_path) if stats_path is not None else default_stats_path(paths)
+    stats_path = Path(stats_path)
     if stats_path.exists() and not recompute:
         saved = json.loads(stats_path.read_text())
         if saved.get("files") == _fingerprint(paths):
             return saved
-    stats = compute_norm_stats(paths)
+    stats = compute(paths)
     tmp = stats_path.with_name(stats_path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stats, indent=1))
+    tmp.write_text(json.dumps(stats, indent=indent))
     os.replace(tmp, stats_path)
     return stats
+
+
+def load_or_compute_norm_stats(paths: Sequence, stats_path=None, *, recompute: bool = False) -> dict:
+    """Load the saved statistics if they were computed on exactly these files, else compute and save."""
+    stats_path = stats_path if stats_path is not None else default_stats_path(paths)
+    return load_or_compute_stats(paths, stats_path, compute_norm_stats, recompute=recompute)
 
 
 class Normalizer:
