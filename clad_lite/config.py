@@ -74,6 +74,10 @@ class DataConfig:
     ``vision_source``: what fills the models' vision (and language) inputs: ``"encoder"``, the
     frozen encoder's embeddings (the paper), or ``"sim_state"``, the simulator's true state and a
     one-hot task code (a privileged-perception diagnostic, not the paper: clad_lite.state_oracle).
+
+    ``action_noise``: DART-style noise injection while generating (not the paper, whose demos are
+    human): std, in action units, of the held Gaussian noise added to the executed arm action,
+    the expert's clean action being the label (clad_lite.demos.generate.ActionNoise). 0 = off.
     """
 
     suite: str = "libero_10"
@@ -84,6 +88,7 @@ class DataConfig:
     cameras: tuple[str, ...] = ("agentview_rgb", "eye_in_hand_rgb")
     proprio: str = "paper"
     vision_source: str = "encoder"
+    action_noise: float = 0.0
     root: str = "data"
     workers: int = 2
     seed: int = 0
@@ -102,6 +107,7 @@ class DataConfig:
         _check(len(self.cameras) > 0, "data.cameras must name at least one camera")
         from clad_lite.state_oracle import VISION_SOURCES
 
+        _check(0.0 <= self.action_noise <= 1.0, f"data.action_noise must be in [0, 1], got {self.action_noise}")
         _check(self.vision_source in VISION_SOURCES,
                f"data.vision_source must be one of {VISION_SOURCES}, got {self.vision_source!r}")
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from clad_lite.config import PROFILE_NAMES, ConfigError, TrainConfig, apply_overrides, get_profile
+from clad_lite.config import PROFILE_NAMES, ConfigError, DataConfig, TrainConfig, apply_overrides, get_profile
 
 
 @pytest.mark.parametrize("name", PROFILE_NAMES)
@@ -38,6 +38,8 @@ def test_sections_validate_values():
         TrainConfig(steps=0)
     with pytest.raises(ConfigError, match="warmup_steps"):
         TrainConfig(steps=10, warmup_steps=10)
+    with pytest.raises(ConfigError, match="data.action_noise must be in"):
+        DataConfig(action_noise=1.5)
 
 
 def test_overrides_are_typed_and_validated():

@@ -357,3 +357,68 @@ def test_a_task_whose_policy_always_raises_is_given_up(fake_sim, tmp_path):
     assert fine["demos"] == 4 and fine["errors"] == 0
     assert "task 0: 3 attempt(s) raised; first: KeyError: 'mug'" in G.format_table(summary)
     assert G._load_attempts(_cfg(tmp_path / "broken"), 0) == {}  # errored attempts are redone next time
+
+
+# --------------------------------------------------------------------------- DART-style action noise
+def test_action_noise_is_held_arm_only_and_off_at_zero():
+    clean = np.array([0.1, -0.2, 0.3, 0.0, 0.05, -0.05, 1.0])
+    off = G.ActionNoise(0.0, 5, np.random.default_rng(0))
+    assert off(clean) is clean
+    noise = G.ActionNoise(0.1, 3, np.random.default_rng(0))
+    offsets = np.stack([noise(clean) - clean for _ in range(9)])
+    assert np.all(offsets[:, 6] == 0)  # the gripper is never perturbed
+    for start in (0, 3, 6):  # one draw per hold of 3 steps, a new one after
+        np.testing.assert_array_equal(offsets[start:start + 3], np.repeat(offsets[start:start + 1], 3, 0))
+    assert not np.allclose(offsets[0], offsets[3]) and np.abs(offsets[:, :6]).max() > 0
+    assert np.all(np.abs(G.ActionNoise(5.0, 1, np.random.default_rng(1))(clean)) <= 1)  # clipped
+
+
+def test_noise_rng_leaves_the_expert_rng_unchanged():
+    _, expert = G.attempt_seeds(0, "libero_10", 3, 7)
+    # the expert's RNG is the first child of the attempt's sequence, as before noise existed
+    sequence = np.random.SeedSequence([0, 0, 3, 7])  # libero_10 is suite 0
+    assert expert.random() == np.random.default_rng(sequence.spawn(1)[0]).random()
+    a, b = G.noise_rng(0, "libero_10", 3, 7), G.noise_rng(0, "libero_10", 3, 7)
+    assert a.random() == b.random() != G.attempt_seeds(0, "libero_10", 3, 7)[1].random()
+    assert G.noise_rng(0, "libero_10", 3, 8).random() != G.noise_rng(0, "libero_10", 3, 7).random()
+
+
+def test_run_attempt_with_noise_records_clean_labels_and_executed_actions(monkeypatch, tmp_path):
+    executed = []
+
+    class RecordingEnv(FakeEnv):
+        def step(self, action):
+            executed.append(np.array(action))
+            return super().step(action)
+
+    monkeypatch.setattr(G, "_get_env", lambda *args: RecordingEnv())
+    monkeypatch.setattr(G, "resolve_policy", lambda spec: lambda env, rng: ScriptedPolicy())
+    job = {"suite": "libero_10", "task_id": 0, "attempt": 4, "seed": 0, "policy": "p:q", "budget": 50,
+           "keep_failures": True, "done_grace": 0, "parts": str(tmp_path), "action_noise": 0.2, "action_noise_hold": 4}
+    G.run_attempt(job)
+    with H.DemoFile(tmp_path / "attempt_00004.h5") as f:
+        demo = f.read("demo", ["actions", "executed_actions"])
+    policy_steps = np.stack(executed[-len(demo["actions"]):])  # settling steps come first
+    np.testing.assert_array_equal(demo["executed_actions"], policy_steps)
+    np.testing.assert_array_equal(demo["actions"], np.tile([0, 0, 1.0, 0, 0, 0, -1], (8, 1)))  # the expert's, clipped
+    assert np.abs(demo["executed_actions"][:, :6] - demo["actions"][:, :6]).max() > 0
+    np.testing.assert_array_equal(demo["executed_actions"][:, 6], demo["actions"][:, 6])
+    # without noise: no executed_actions, and the same labels
+    (tmp_path / "clean").mkdir()
+    G.run_attempt({**job, "action_noise": 0.0, "parts": str(tmp_path / "clean")})
+    with h5py.File(tmp_path / "clean" / "attempt_00004.h5", "r") as f:
+        assert "executed_actions" not in f["data/demo"]
+        np.testing.assert_array_equal(f["data/demo/actions"][()], demo["actions"])
+
+
+def test_noise_settings_are_fingerprinted_and_old_settings_still_match(fake_sim, tmp_path):
+    out = tmp_path / "n"
+    G.generate(_cfg(out, tasks=[0], demos=1, render=False))
+    settings = out / G.PARTS_DIR / "task_00" / "settings.json"
+    old = {k: v for k, v in json.loads(settings.read_text()).items() if not k.startswith("action_noise")}
+    settings.write_text(json.dumps(old))  # a data set made before the noise option existed
+    G.generate(_cfg(out, tasks=[0], demos=1, render=False))  # still matches: noise off is what it was made with
+    with pytest.raises(UserError, match="action_noise: 0.0 -> 0.1"):
+        G.generate(_cfg(out, tasks=[0], demos=1, render=False, action_noise=0.1))
+    with pytest.raises(UserError, match="action-noise"):
+        G.GenerateConfig(action_noise=-0.1).resolved()

@@ -237,6 +237,15 @@ def test_a_changed_setting_redoes_only_the_stale_steps(first_run):
     assert torch.load(root / "run" / "policy" / "last.pt", weights_only=True)["step"] == 24
 
 
+def test_data_made_without_noise_do_not_serve_a_noisy_profile(first_run):
+    root = first_run[0]
+    assert new_pipeline(root)._data_complete()[0]
+    complete, why = new_pipeline(root, "data.action_noise=0.1")._data_complete()
+    assert not complete and "action noise 0.0" in why and "wants 0.1" in why
+    with pytest.raises(UserError, match="action_noise: 0.0 -> 0.1"):  # generate refuses to mix them
+        new_pipeline(root, "data.action_noise=0.1").data()
+
+
 def test_bad_input_is_a_user_error(tmp_path, one_thread, capsys):
     assert main(["pipeline", "--profile", "nope", "--out", str(tmp_path)]) == 2
     assert main(["pipeline", "--profile", "ci", "--set", "stage1.nope=1", "--out", str(tmp_path)]) == 2
@@ -258,3 +267,6 @@ def test_a_field_at_its_neutral_value_keeps_older_stamps_valid():
     data_before = {k: v for k, v in profile.to_dict()["data"].items() if k != "vision_source"}
     assert _content("data", data_before) == _section(profile, "data")
     assert _section(apply_overrides(profile, ["data.vision_source=sim_state"]), "data")["vision_source"] == "sim_state"
+    data_before = {k: v for k, v in profile.to_dict()["data"].items() if k != "action_noise"}
+    assert _content("data", data_before) == _section(profile, "data")
+    assert _section(apply_overrides(profile, ["data.action_noise=0.1"]), "data")["action_noise"] == 0.1

@@ -83,7 +83,11 @@ DONE_GRACE_STEPS = 20
 # give a task up when its first attempts all raise (a broken policy, not bad luck)
 ERROR_ABORT = 3
 # settings that change the recorded data: a resumed run must use the same ones
-_FINGERPRINT_KEYS = ("suite", "seed", "policy", "budget", "keep_failures", "done_grace")
+_FINGERPRINT_KEYS = ("suite", "seed", "policy", "budget", "keep_failures", "done_grace", "action_noise",
+                     "action_noise_hold")
+# keys added after data sets were made, with the value that reproduces those sets: a settings.json
+# without them still matches
+_FINGERPRINT_DEFAULTS = {"action_noise": 0.0, "action_noise_hold": 5}
 
 
 # =========================================================================== configuration
@@ -106,6 +110,12 @@ class GenerateConfig:
     budget: int | None = None  # policy steps per episode; None = suite budget - settling
     max_attempts: int | None = None  # per task; None = 4 x demos
     done_grace: int = DONE_GRACE_STEPS  # steps after policy.done while waiting for success
+    # DART-style noise injection (Laskey et al., 2017): std (action units) of Gaussian noise added to
+    # the six arm dimensions of the *executed* action, redrawn every action_noise_hold steps; the
+    # recorded action stays the expert's clean one, so the data hold the expert's corrections from
+    # states a little off its own path. 0 = off (the data are then exactly those of earlier versions)
+    action_noise: float = 0.0
+    action_noise_hold: int = _FINGERPRINT_DEFAULTS["action_noise_hold"]
     multisample: bool = False
     progress: bool = True
 
@@ -116,6 +126,9 @@ class GenerateConfig:
         max_attempts = self.max_attempts if self.max_attempts is not None else 4 * self.demos
         if self.done_grace < 0:
             raise UserError("--done-grace must be >= 0")
+        if not (0.0 <= self.action_noise <= 1.0) or self.action_noise_hold < 1:
+            raise UserError(f"--action-noise must be in [0, 1] and --action-noise-hold >= 1, got "
+                            f"{self.action_noise} and {self.action_noise_hold}")
         if budget < 1 or self.demos < 1 or max_attempts < 1 or self.workers < 1 or self.image_size < 1 \
                 or self.image_stride < 1:
             raise UserError("--demos, --budget, --max-attempts, --workers, --image-size and --image-stride must be >= 1")
@@ -130,6 +143,41 @@ def attempt_seeds(seed: int, suite: str, task_id: int, attempt: int) -> tuple[in
     sequence = np.random.SeedSequence([int(seed), SUITES.index(suite), int(task_id), int(attempt)])
     env_seed = int(sequence.generate_state(1)[0])  # < 2**32, what np.random.seed accepts
     return env_seed, np.random.default_rng(sequence.spawn(1)[0])
+
+
+def noise_rng(seed: int, suite: str, task_id: int, attempt: int) -> np.random.Generator:
+    """The RNG of an attempt's action noise: the second child of the attempt's seed sequence, so the
+    expert's own RNG (the first child, :func:`attempt_seeds`) draws the same numbers with or without
+    noise."""
+    from clad_lite.sim import SUITES
+
+    sequence = np.random.SeedSequence([int(seed), SUITES.index(suite), int(task_id), int(attempt)])
+    return np.random.default_rng(sequence.spawn(2)[1])
+
+
+class ActionNoise:
+    """Piecewise-constant Gaussian noise on the arm dimensions of an action (DART-style).
+
+    ``std`` in action units (OSC_POSE: 0.05 m and 0.5 rad per unit), redrawn every ``hold``
+    steps: a held offset moves the arm off the expert's path, as a policy's open-loop chunk
+    error would, where white noise would mostly average out in the controller. The gripper
+    dimension is never perturbed (a random release is not a state worth recovering from).
+    """
+
+    def __init__(self, std: float, hold: int, rng: np.random.Generator, arm_dims: int = 6):
+        self.std, self.hold, self.rng, self.arm_dims = float(std), int(hold), rng, arm_dims
+        self.t, self.current = 0, np.zeros(arm_dims)
+
+    def __call__(self, action: np.ndarray) -> np.ndarray:
+        """(7,) clean action -> (7,) executed action, clipped to [-1, 1]."""
+        if self.std == 0.0:
+            return action
+        if self.t % self.hold == 0:
+            self.current = self.rng.normal(0.0, self.std, self.arm_dims)
+        self.t += 1
+        executed = action.copy()
+        executed[: self.arm_dims] += self.current
+        return np.clip(executed, -1.0, 1.0)
 
 
 def task_file_name(task) -> str:
@@ -230,7 +278,9 @@ def run_attempt(job: dict) -> dict:
     env_seed, rng = attempt_seeds(job["seed"], job["suite"], job["task_id"], job["attempt"])
     env.reset(seed=env_seed)
     obs = settle(env)
-    states, actions, records = [], [], []
+    noise = ActionNoise(job.get("action_noise", 0.0), job.get("action_noise_hold", 5),
+                        noise_rng(job["seed"], job["suite"], job["task_id"], job["attempt"]))
+    states, actions, executed, records = [], [], [], []
     success = False
     error = None
     after_done = 0
@@ -246,7 +296,8 @@ def run_attempt(job: dict) -> dict:
             states.append(state)
             records.append(proprio)
             actions.append(action)
-            obs, _, _, _ = env.step(action)
+            executed.append(noise(action))
+            obs, _, _, _ = env.step(executed[-1])
             success = env.check_success()
             if success:
                 break
@@ -273,6 +324,8 @@ def run_attempt(job: dict) -> dict:
         demo = {"actions": np.stack(actions), "states": np.stack(states), "rewards": rewards, "dones": dones,
                 "robot_states": np.stack([r.pop("robot_states") for r in records]),
                 "obs": {key: np.stack([r[key] for r in records]) for key in records[0]}}
+        if noise.std > 0:  # what the robot did; "actions" holds the expert's labels
+            demo["executed_actions"] = np.stack(executed)
         path = part / f"attempt_{job['attempt']:05d}.h5"
         tmp, f = _atomic_h5(path)
         with f:
@@ -380,7 +433,8 @@ def _check_fingerprint(cfg: GenerateConfig, task_id: int) -> None:
     path = directory / "settings.json"
     if path.exists():
         previous = json.loads(path.read_text())
-        changed = {k: (previous.get(k), v) for k, v in fingerprint.items() if previous.get(k) != v}
+        changed = {k: (previous.get(k, _FINGERPRINT_DEFAULTS.get(k)), v) for k, v in fingerprint.items()
+                   if previous.get(k, _FINGERPRINT_DEFAULTS.get(k)) != v}
         if changed:
             raise UserError(
                 f"{cfg.out} already holds task {task_id} generated with other settings "
@@ -560,7 +614,8 @@ def _pass1(cfg: GenerateConfig, tasks, executor) -> dict[int, Path]:
                     state.inflight.add(attempt)
                     job = {"suite": cfg.suite, "task_id": task_id, "attempt": attempt, "seed": cfg.seed,
                            "policy": cfg.policy, "budget": cfg.budget, "keep_failures": cfg.keep_failures,
-                           "done_grace": cfg.done_grace,
+                           "done_grace": cfg.done_grace, "action_noise": cfg.action_noise,
+                           "action_noise_hold": cfg.action_noise_hold,
                            "parts": str(parts_dir(cfg.out, task_id))}
                     futures[executor.submit(run_attempt, job)] = (task_id, attempt)
             for task_id, state in states.items():
@@ -808,6 +863,11 @@ def register(subparsers) -> None:
                         help="policy steps per episode (default: suite budget minus settling, 505 for libero_10)")
     parser.add_argument("--done-grace", type=int, default=DONE_GRACE_STEPS,
                         help="steps to wait for success after the policy is done (default 20)")
+    parser.add_argument("--action-noise", type=float, default=0.0,
+                        help="DART-style: std of Gaussian noise (action units) on the executed arm action; the "
+                             "expert's clean action is recorded (default 0 = off)")
+    parser.add_argument("--action-noise-hold", type=int, default=_FINGERPRINT_DEFAULTS["action_noise_hold"],
+                        help="steps each noise draw is held (default 5)")
     parser.add_argument("--policy", default=DEFAULT_POLICY, help=f"module:factory (default {DEFAULT_POLICY})")
     parser.add_argument("--keep-failures", action="store_true",
                         help="also keep unsuccessful episodes (for testing the machinery with a stand-in policy)")
@@ -821,7 +881,8 @@ def _main(args) -> int:
         suite=args.suite, tasks=parse_tasks(args.tasks), demos=args.demos, out=args.out or f"data/{args.suite}",
         render=not args.no_render, render_only=args.render_only, workers=args.workers,
         image_size=args.image_size, image_stride=args.image_stride, seed=args.seed, policy=args.policy, keep_failures=args.keep_failures,
-        budget=args.budget, max_attempts=args.max_attempts, done_grace=args.done_grace, multisample=args.multisample,
+        budget=args.budget, max_attempts=args.max_attempts, done_grace=args.done_grace,
+        action_noise=args.action_noise, action_noise_hold=args.action_noise_hold, multisample=args.multisample,
         progress=not args.no_progress)
     summary = generate(cfg)
     print(format_table(summary))

@@ -25,6 +25,8 @@ Files written by this project (``clad_lite``) add:
 * ``data`` attrs ``clad_lite_format`` (layout version), ``obs_convention``,
   ``images_rendered`` (False between generation pass 1 and pass 2), ``suite``, ``task_id``,
   ``generator`` (JSON: seed, policy, budget, versions);
+* ``executed_actions (T, 7)`` when generated with DART-style noise (``--action-noise``): what
+  the robot executed; ``actions`` then holds the expert's clean labels;
 * per-demo attrs ``attempt``, ``env_seed``, ``success``, ``num_samples``, ``init_state``.
 
 Time alignment differs and is recorded in ``obs_convention``:
@@ -76,6 +78,9 @@ EXTRA_OBS = {JOINT_VEL_KEY: 7}
 ACTION_DIM = 7
 ROBOT_STATE_DIM = 9
 DEMO_KEYS = ("actions", "states", "rewards", "dones", "robot_states")
+# written when present: the actions the robot executed, where they differ from the recorded labels
+# (clad_lite.demos.generate's DART-style --action-noise); official files have none
+OPTIONAL_DEMO_KEYS = ("executed_actions",)
 DATA_ATTRS = ("problem_info", "env_args", "bddl_file_name")
 # chunked gzip, one frame per chunk: about 2x smaller than raw for 128 px LIBERO frames
 IMAGE_COMPRESSION = {"compression": "gzip", "compression_opts": 4}
@@ -155,7 +160,7 @@ def write_demo(data_group, name: str, demo: Mapping, *, attrs: Mapping | None = 
     ``num_samples`` is set from the length.
     """
     group = data_group.create_group(name)
-    for key in DEMO_KEYS:
+    for key in DEMO_KEYS + OPTIONAL_DEMO_KEYS:
         if key in demo:
             group.create_dataset(key, data=np.asarray(demo[key]))
     obs_group = group.create_group("obs")
