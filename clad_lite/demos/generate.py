@@ -22,6 +22,14 @@ and wrist cameras are rendered (default 128x128, stored upside down like the off
 gzip-compressed per frame). ``--no-render`` stops after pass 1; ``--render-only`` runs pass
 2 on files made earlier, possibly on another machine.
 
+**Noise injection (DART, Laskey et al. 2017; not the paper).** ``--action-noise σ`` adds
+Gaussian noise (std σ in action units, redrawn every ``--action-noise-hold`` steps, arm
+dimensions only) to the action the robot executes, while ``actions`` records the expert's
+clean action and ``executed_actions`` what was executed. A scripted expert otherwise shows
+only its own narrow path; with noise the data also hold its corrections from states a little
+off that path, the states a learned policy drifts into. Attempts the noise spoils are
+dropped like any failure.
+
 **Determinism.** The demos of a task are the first ``--demos`` kept attempts in attempt
 order; attempts are dispatched in order and each one's seeds depend only on
 ``(seed, suite, task, attempt)``, so the files do not depend on ``--workers``.
@@ -136,11 +144,15 @@ class GenerateConfig:
                                  "tasks": sorted(set(self.tasks))})
 
 
-def attempt_seeds(seed: int, suite: str, task_id: int, attempt: int) -> tuple[int, np.random.Generator]:
-    """(env reset seed, policy RNG) of one attempt: a function of its identity only."""
+def _attempt_sequence(seed: int, suite: str, task_id: int, attempt: int) -> np.random.SeedSequence:
     from clad_lite.sim import SUITES
 
-    sequence = np.random.SeedSequence([int(seed), SUITES.index(suite), int(task_id), int(attempt)])
+    return np.random.SeedSequence([int(seed), SUITES.index(suite), int(task_id), int(attempt)])
+
+
+def attempt_seeds(seed: int, suite: str, task_id: int, attempt: int) -> tuple[int, np.random.Generator]:
+    """(env reset seed, policy RNG) of one attempt: a function of its identity only."""
+    sequence = _attempt_sequence(seed, suite, task_id, attempt)
     env_seed = int(sequence.generate_state(1)[0])  # < 2**32, what np.random.seed accepts
     return env_seed, np.random.default_rng(sequence.spawn(1)[0])
 
@@ -149,10 +161,7 @@ def noise_rng(seed: int, suite: str, task_id: int, attempt: int) -> np.random.Ge
     """The RNG of an attempt's action noise: the second child of the attempt's seed sequence, so the
     expert's own RNG (the first child, :func:`attempt_seeds`) draws the same numbers with or without
     noise."""
-    from clad_lite.sim import SUITES
-
-    sequence = np.random.SeedSequence([int(seed), SUITES.index(suite), int(task_id), int(attempt)])
-    return np.random.default_rng(sequence.spawn(2)[1])
+    return np.random.default_rng(_attempt_sequence(seed, suite, task_id, attempt).spawn(2)[1])
 
 
 class ActionNoise:
