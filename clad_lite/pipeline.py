@@ -305,8 +305,9 @@ class Pipeline:
             return False, "other image size"
         if config.get("suite") != d.suite or config.get("seed") != d.seed:
             return False, "other suite or seed"
-        if config.get("action_noise", 0.0) != d.action_noise:
-            return False, f"demonstrations made with action noise {config.get('action_noise', 0.0)}, the profile wants {d.action_noise}"
+        noise = config.get("action_noise", 0.0)  # summaries from before the option: made without noise
+        if noise != d.action_noise:
+            return False, f"demonstrations made with action noise {noise}, the profile wants {d.action_noise}"
         if config.get("image_stride", 1) != d.image_stride and not self.oracle:  # the oracle reads no image
             return False, f"images rendered with stride {config.get('image_stride', 1)}, the profile wants {d.image_stride}"
         rows = {row["task_id"]: row for row in summary.get("tasks", [])}

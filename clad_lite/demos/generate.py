@@ -287,7 +287,8 @@ def run_attempt(job: dict) -> dict:
     env_seed, rng = attempt_seeds(job["seed"], job["suite"], job["task_id"], job["attempt"])
     env.reset(seed=env_seed)
     obs = settle(env)
-    noise = ActionNoise(job.get("action_noise", 0.0), job.get("action_noise_hold", 5),
+    noise = ActionNoise(job.get("action_noise", _FINGERPRINT_DEFAULTS["action_noise"]),
+                        job.get("action_noise_hold", _FINGERPRINT_DEFAULTS["action_noise_hold"]),
                         noise_rng(job["seed"], job["suite"], job["task_id"], job["attempt"]))
     states, actions, executed, records = [], [], [], []
     success = False
@@ -441,9 +442,8 @@ def _check_fingerprint(cfg: GenerateConfig, task_id: int) -> None:
     fingerprint = {key: getattr(cfg, key) for key in _FINGERPRINT_KEYS}
     path = directory / "settings.json"
     if path.exists():
-        previous = json.loads(path.read_text())
-        changed = {k: (previous.get(k, _FINGERPRINT_DEFAULTS.get(k)), v) for k, v in fingerprint.items()
-                   if previous.get(k, _FINGERPRINT_DEFAULTS.get(k)) != v}
+        previous = {**_FINGERPRINT_DEFAULTS, **json.loads(path.read_text())}  # older files lack the newer keys
+        changed = {k: (previous.get(k), v) for k, v in fingerprint.items() if previous.get(k) != v}
         if changed:
             raise UserError(
                 f"{cfg.out} already holds task {task_id} generated with other settings "
