@@ -78,6 +78,10 @@ class DataConfig:
     ``action_noise``: DART-style noise injection while generating (not the paper, whose demos are
     human): std, in action units, of the held Gaussian noise added to the executed arm action,
     the expert's clean action being the label (clad_lite.demos.generate.ActionNoise). 0 = off.
+
+    ``success_hold``: steps the expert goes on acting after success first holds (demos end when
+    it has held ``success_hold`` + 1 steps in a row, as in robosuite's collectors, which use 10);
+    0 = stop at the first success (clad_lite.demos.generate).
     """
 
     suite: str = "libero_10"
@@ -89,6 +93,7 @@ class DataConfig:
     proprio: str = "paper"
     vision_source: str = "encoder"
     action_noise: float = 0.0
+    success_hold: int = 0
     root: str = "data"
     workers: int = 2
     seed: int = 0
@@ -107,6 +112,8 @@ class DataConfig:
         _check(len(self.cameras) > 0, "data.cameras must name at least one camera")
         from clad_lite.state_oracle import VISION_SOURCES
 
+        _check(isinstance(self.success_hold, int) and self.success_hold >= 0,
+               f"data.success_hold must be an integer >= 0, got {self.success_hold!r}")
         _check(0.0 <= self.action_noise <= 1.0, f"data.action_noise must be in [0, 1], got {self.action_noise}")
         _check(self.vision_source in VISION_SOURCES,
                f"data.vision_source must be one of {VISION_SOURCES}, got {self.vision_source!r}")

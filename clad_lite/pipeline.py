@@ -89,7 +89,8 @@ _NOT_CONTENT = {"data": ("workers",), "encoder": ("threads", "save_every", "log_
                 "eval": ("workers", "videos_per_task")}
 # fields added after runs were stamped: at this value they change nothing that was made, so they
 # are left out of the fingerprint (older stamps, which lack them, still match)
-_OMIT_AT = {"stage1": {"ema_decay": 0.0}, "stage2": {"ema_decay": 0.0}, "data": {"vision_source": "encoder", "action_noise": 0.0}}
+_OMIT_AT = {"stage1": {"ema_decay": 0.0}, "stage2": {"ema_decay": 0.0}, "data": {"vision_source": "encoder", "action_noise": 0.0,
+                                                                                       "success_hold": 0}}
 
 
 @dataclass
@@ -308,6 +309,9 @@ class Pipeline:
         noise = config.get("action_noise", 0.0)  # summaries from before the option: made without noise
         if noise != d.action_noise:
             return False, f"demonstrations made with action noise {noise}, the profile wants {d.action_noise}"
+        hold = config.get("success_hold", 0)  # summaries from before the option: stopped at the first success
+        if hold != d.success_hold:
+            return False, f"demonstrations made with success hold {hold}, the profile wants {d.success_hold}"
         if config.get("image_stride", 1) != d.image_stride and not self.oracle:  # the oracle reads no image
             return False, f"images rendered with stride {config.get('image_stride', 1)}, the profile wants {d.image_stride}"
         rows = {row["task_id"]: row for row in summary.get("tasks", [])}
@@ -346,7 +350,7 @@ class Pipeline:
         summary = generate(GenerateConfig(suite=d.suite, tasks=list(d.tasks), demos=d.demos_per_task,
                                           out=str(self.data_dir), workers=d.workers, image_size=d.image_size,
                                           image_stride=d.image_stride, render=not self.oracle,
-                                          action_noise=d.action_noise,
+                                          action_noise=d.action_noise, success_hold=d.success_hold,
                                           seed=d.seed, progress=self.progress))
         empty = [r["task_id"] for r in summary["tasks"] if r["demos"] == 0]
         if empty:

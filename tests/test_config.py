@@ -40,6 +40,8 @@ def test_sections_validate_values():
         TrainConfig(steps=10, warmup_steps=10)
     with pytest.raises(ConfigError, match="data.action_noise must be in"):
         DataConfig(action_noise=1.5)
+    with pytest.raises(ConfigError, match="data.success_hold must be"):
+        DataConfig(success_hold=-1)
 
 
 def test_overrides_are_typed_and_validated():

@@ -422,3 +422,38 @@ def test_noise_settings_are_fingerprinted_and_old_settings_still_match(fake_sim,
         G.generate(_cfg(out, tasks=[0], demos=1, render=False, action_noise=0.1))
     with pytest.raises(UserError, match="action-noise"):
         G.GenerateConfig(action_noise=-0.1).resolved()
+
+
+@pytest.mark.parametrize("success_steps, hold, length, kept", [
+    (range(8, 100), 0, 8, True),     # stop at the first success, as before the option
+    (range(8, 100), 10, 18, True),   # 10 more steps with success held
+    # success lost during the hold: the streak restarts, and the episode ends at the budget unsuccessful
+    (set(range(8, 12)) | set(range(14, 20)), 10, 30, False),
+])
+def test_success_hold_keeps_the_expert_acting_after_success(monkeypatch, tmp_path, success_steps, hold, length, kept):
+    class Env(FakeEnv):
+        def check_success(self):
+            return self.t - 15 in success_steps  # 15 settling steps come first
+
+    monkeypatch.setattr(G, "_get_env", lambda *args: Env())
+    monkeypatch.setattr(G, "resolve_policy", lambda spec: lambda env, rng: ScriptedPolicy())
+    job = {"suite": "libero_10", "task_id": 0, "attempt": 1, "seed": 0, "policy": "p:q", "budget": 30,
+           "keep_failures": False, "done_grace": 0, "parts": str(tmp_path), "success_hold": hold}
+    record = G.run_attempt(job)
+    assert (record["length"], record["success"], record["kept"]) == (length, kept, kept)
+    if kept:
+        with H.DemoFile(tmp_path / "attempt_00001.h5") as f:
+            assert len(f.read("demo", ["actions"])["actions"]) == length
+
+
+def test_success_hold_is_fingerprinted_and_validated(fake_sim, tmp_path):
+    out = tmp_path / "h"
+    G.generate(_cfg(out, tasks=[0], demos=1, render=False))
+    settings = out / G.PARTS_DIR / "task_00" / "settings.json"
+    old = {k: v for k, v in json.loads(settings.read_text()).items() if k != "success_hold"}
+    settings.write_text(json.dumps(old))  # made before the option: stopped at the first success
+    G.generate(_cfg(out, tasks=[0], demos=1, render=False))
+    with pytest.raises(UserError, match="success_hold: 0 -> 10"):
+        G.generate(_cfg(out, tasks=[0], demos=1, render=False, success_hold=10))
+    with pytest.raises(UserError, match="success-hold"):
+        G.GenerateConfig(success_hold=-1).resolved()

@@ -244,6 +244,8 @@ def test_data_made_without_noise_do_not_serve_a_noisy_profile(first_run):
     assert not complete and "action noise 0.0" in why and "wants 0.1" in why
     with pytest.raises(UserError, match="action_noise: 0.0 -> 0.1"):  # generate refuses to mix them
         new_pipeline(root, "data.action_noise=0.1").data()
+    complete, why = new_pipeline(root, "data.success_hold=10")._data_complete()
+    assert not complete and "success hold 0" in why and "wants 10" in why
 
 
 def test_bad_input_is_a_user_error(tmp_path, one_thread, capsys):
@@ -270,3 +272,6 @@ def test_a_field_at_its_neutral_value_keeps_older_stamps_valid():
     data_before = {k: v for k, v in profile.to_dict()["data"].items() if k != "action_noise"}
     assert _content("data", data_before) == _section(profile, "data")
     assert _section(apply_overrides(profile, ["data.action_noise=0.1"]), "data")["action_noise"] == 0.1
+    data_before = {k: v for k, v in profile.to_dict()["data"].items() if k != "success_hold"}
+    assert _content("data", data_before) == _section(profile, "data")
+    assert _section(apply_overrides(profile, ["data.success_hold=10"]), "data")["success_hold"] == 10

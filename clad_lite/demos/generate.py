@@ -11,8 +11,8 @@ with multisampling off, physics ~ 70-140 steps/s):
 the BDDL regions; the 50 fixed init states are the evaluation set and are never used here),
 the objects settle for ``SETTLE_STEPS`` no-op steps (not recorded), then the policy acts for
 at most ``budget`` steps (default: the suite's evaluation budget minus the settling, 505 for
-libero_10). The episode stops at the first step where ``check_success()`` holds,
-``--done-grace`` steps (default 20) after the policy says ``done``, or at the budget; it is
+libero_10). The episode stops once ``check_success()`` has held for ``--success-hold`` + 1
+consecutive steps (default: the first step where it holds; see below), ``--done-grace`` steps (default 20) after the policy says ``done``, or at the budget; it is
 kept only if ``check_success()`` holds at its end. Recorded per step, all *before* the step's
 action: the flattened sim state, the proprio observations (with joint velocities) and
 ``robot_states``; plus the action (clipped to [-1, 1]).
@@ -29,6 +29,15 @@ clean action and ``executed_actions`` what was executed. A scripted expert other
 only its own narrow path; with noise the data also hold its corrections from states a little
 off that path, the states a learned policy drifts into. Attempts the noise spoils are
 dropped like any failure.
+
+**Steps after success (``--success-hold N``).** Stopping at the first step where success holds
+cuts every demo at the instant the goal predicate flips, so a placement's last centimetres are
+seen once per demo and the states just beyond it never: a learned policy that arrives a little
+short or high has no label there and, in our rollouts, turns back. Like robosuite's and
+LIBERO's demonstration collectors (``collect_human_demonstrations``: the episode ends after
+success held for 10 consecutive steps), ``N > 0`` keeps the expert acting until success has held
+N more steps in a row (the counter restarts if it is lost); the episode is kept only if success
+holds at its end. ``N = 0`` reproduces the data of earlier versions.
 
 **Determinism.** The demos of a task are the first ``--demos`` kept attempts in attempt
 order; attempts are dispatched in order and each one's seeds depend only on
@@ -92,10 +101,10 @@ DONE_GRACE_STEPS = 20
 ERROR_ABORT = 3
 # settings that change the recorded data: a resumed run must use the same ones
 _FINGERPRINT_KEYS = ("suite", "seed", "policy", "budget", "keep_failures", "done_grace", "action_noise",
-                     "action_noise_hold")
+                     "action_noise_hold", "success_hold")
 # keys added after data sets were made, with the value that reproduces those sets: a settings.json
 # without them still matches
-_FINGERPRINT_DEFAULTS = {"action_noise": 0.0, "action_noise_hold": 5}
+_FINGERPRINT_DEFAULTS = {"action_noise": 0.0, "action_noise_hold": 5, "success_hold": 0}
 
 
 # =========================================================================== configuration
@@ -124,6 +133,9 @@ class GenerateConfig:
     # states a little off its own path. 0 = off (the data are then exactly those of earlier versions)
     action_noise: float = 0.0
     action_noise_hold: int = _FINGERPRINT_DEFAULTS["action_noise_hold"]
+    # steps the expert goes on acting after success first holds (the episode ends when success has held
+    # success_hold + 1 steps in a row); 0 = stop at the first success, as earlier versions did
+    success_hold: int = _FINGERPRINT_DEFAULTS["success_hold"]
     multisample: bool = False
     progress: bool = True
 
@@ -134,6 +146,8 @@ class GenerateConfig:
         max_attempts = self.max_attempts if self.max_attempts is not None else 4 * self.demos
         if self.done_grace < 0:
             raise UserError("--done-grace must be >= 0")
+        if self.success_hold < 0:
+            raise UserError(f"--success-hold must be >= 0, got {self.success_hold}")
         if not (0.0 <= self.action_noise <= 1.0) or self.action_noise_hold < 1:
             raise UserError(f"--action-noise must be in [0, 1] and --action-noise-hold >= 1, got "
                             f"{self.action_noise} and {self.action_noise_hold}")
@@ -294,6 +308,8 @@ def run_attempt(job: dict) -> dict:
     success = False
     error = None
     after_done = 0
+    success_streak = 0  # consecutive steps after which check_success() held
+    success_hold = int(job.get("success_hold", _FINGERPRINT_DEFAULTS["success_hold"]))
     sim_start, cpu_start = time.perf_counter(), time.process_time()
     try:  # a policy that crashes on one placement costs that attempt, not the run
         policy = resolve_policy(job["policy"])(env, rng)
@@ -309,7 +325,8 @@ def run_attempt(job: dict) -> dict:
             executed.append(noise(action))
             obs, _, _, _ = env.step(executed[-1])
             success = env.check_success()
-            if success:
+            success_streak = success_streak + 1 if success else 0
+            if success_streak > success_hold:
                 break
             if getattr(policy, "done", False):  # objects may still be falling into place
                 after_done += 1
@@ -624,7 +641,7 @@ def _pass1(cfg: GenerateConfig, tasks, executor) -> dict[int, Path]:
                     job = {"suite": cfg.suite, "task_id": task_id, "attempt": attempt, "seed": cfg.seed,
                            "policy": cfg.policy, "budget": cfg.budget, "keep_failures": cfg.keep_failures,
                            "done_grace": cfg.done_grace, "action_noise": cfg.action_noise,
-                           "action_noise_hold": cfg.action_noise_hold,
+                           "action_noise_hold": cfg.action_noise_hold, "success_hold": cfg.success_hold,
                            "parts": str(parts_dir(cfg.out, task_id))}
                     futures[executor.submit(run_attempt, job)] = (task_id, attempt)
             for task_id, state in states.items():
@@ -877,6 +894,9 @@ def register(subparsers) -> None:
                              "expert's clean action is recorded (default 0 = off)")
     parser.add_argument("--action-noise-hold", type=int, default=_FINGERPRINT_DEFAULTS["action_noise_hold"],
                         help="steps each noise draw is held (default 5)")
+    parser.add_argument("--success-hold", type=int, default=_FINGERPRINT_DEFAULTS["success_hold"],
+                        help="keep the expert acting until success has held this many more steps in a row "
+                             "(robosuite's collectors: 10; default 0 = stop at the first success)")
     parser.add_argument("--policy", default=DEFAULT_POLICY, help=f"module:factory (default {DEFAULT_POLICY})")
     parser.add_argument("--keep-failures", action="store_true",
                         help="also keep unsuccessful episodes (for testing the machinery with a stand-in policy)")
@@ -891,7 +911,8 @@ def _main(args) -> int:
         render=not args.no_render, render_only=args.render_only, workers=args.workers,
         image_size=args.image_size, image_stride=args.image_stride, seed=args.seed, policy=args.policy, keep_failures=args.keep_failures,
         budget=args.budget, max_attempts=args.max_attempts, done_grace=args.done_grace,
-        action_noise=args.action_noise, action_noise_hold=args.action_noise_hold, multisample=args.multisample,
+        action_noise=args.action_noise, action_noise_hold=args.action_noise_hold,
+        success_hold=args.success_hold, multisample=args.multisample,
         progress=not args.no_progress)
     summary = generate(cfg)
     print(format_table(summary))
