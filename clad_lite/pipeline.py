@@ -89,8 +89,8 @@ _NOT_CONTENT = {"data": ("workers",), "encoder": ("threads", "save_every", "log_
                 "eval": ("workers", "videos_per_task")}
 # fields added after runs were stamped: at this value they change nothing that was made, so they
 # are left out of the fingerprint (older stamps, which lack them, still match)
-_OMIT_AT = {"stage1": {"ema_decay": 0.0}, "stage2": {"ema_decay": 0.0}, "data": {"vision_source": "encoder", "action_noise": 0.0,
-                                                                                       "success_hold": 0}}
+_OMIT_AT = {"stage1": {"ema_decay": 0.0}, "stage2": {"ema_decay": 0.0},
+            "data": {"vision_source": "encoder", "action_noise": 0.0, "success_hold": 0}}
 
 
 @dataclass
@@ -306,12 +306,12 @@ class Pipeline:
             return False, "other image size"
         if config.get("suite") != d.suite or config.get("seed") != d.seed:
             return False, "other suite or seed"
-        noise = config.get("action_noise", 0.0)  # summaries from before the option: made without noise
-        if noise != d.action_noise:
-            return False, f"demonstrations made with action noise {noise}, the profile wants {d.action_noise}"
-        hold = config.get("success_hold", 0)  # summaries from before the option: stopped at the first success
-        if hold != d.success_hold:
-            return False, f"demonstrations made with success hold {hold}, the profile wants {d.success_hold}"
+        from clad_lite.demos.generate import _FINGERPRINT_DEFAULTS
+
+        for key in ("action_noise", "success_hold"):  # summaries from before an option: made at its default
+            made = config.get(key, _FINGERPRINT_DEFAULTS[key])
+            if made != getattr(d, key):
+                return False, f"demonstrations made with {key.replace('_', ' ')} {made}, the profile wants {getattr(d, key)}"
         if config.get("image_stride", 1) != d.image_stride and not self.oracle:  # the oracle reads no image
             return False, f"images rendered with stride {config.get('image_stride', 1)}, the profile wants {d.image_stride}"
         rows = {row["task_id"]: row for row in summary.get("tasks", [])}

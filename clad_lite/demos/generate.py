@@ -12,10 +12,11 @@ the BDDL regions; the 50 fixed init states are the evaluation set and are never 
 the objects settle for ``SETTLE_STEPS`` no-op steps (not recorded), then the policy acts for
 at most ``budget`` steps (default: the suite's evaluation budget minus the settling, 505 for
 libero_10). The episode stops once ``check_success()`` has held for ``--success-hold`` + 1
-consecutive steps (default: the first step where it holds; see below), ``--done-grace`` steps (default 20) after the policy says ``done``, or at the budget; it is
-kept only if ``check_success()`` holds at its end. Recorded per step, all *before* the step's
-action: the flattened sim state, the proprio observations (with joint velocities) and
-``robot_states``; plus the action (clipped to [-1, 1]).
+consecutive steps (default: at the first step where it holds; see below), ``--done-grace``
+steps (default 20) after the policy says ``done``, or at the budget; it is kept only if
+``check_success()`` holds at its end. Recorded per step, all *before* the step's action: the
+flattened sim state, the proprio observations (with joint velocities) and ``robot_states``;
+plus the action (clipped to [-1, 1]).
 
 **Pass 2 (rendering).** Each recorded state is restored (``set_sim_state``) and the agentview
 and wrist cameras are rendered (default 128x128, stored upside down like the official files,
