@@ -42,6 +42,8 @@ Policy-only runs (``policy.foresight=none``) skip CLaD. **Temporal ensembling** 
 ACT's rule): query every ``--query-every`` steps (default 1 with ``--ensemble``; τ must be a
 multiple of it) and execute the weighted mean of every chunk that covers the step, weight
 ``exp(-m * i)`` with i = 0 the oldest (m = 0.01, as ACT). Without ``--ensemble`` the newest chunk is used.
+**Binary gripper** (``--binary-gripper``): execute the sign of the regressed gripper command, as the
+demos only ever command -1 (open) or +1 (close); off by default (the paper executes the raw chunk).
 
 **Partial progress**: after every step each BDDL goal predicate of the task is evaluated
 (``LiberoEnv.goal_status``, about 0.1 ms against ~30 ms of physics); an episode records which
@@ -535,6 +537,20 @@ class Agent:
         actions = np.stack([c[t - s] for s, c in live])
         return (weights[:, None] * actions).sum(0) / weights.sum()
 
+    def to_env(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A chosen normalised action (7,) -> (the normalised action kept as history, the env's action (7,)).
+
+        With ``binary_gripper`` the gripper command is snapped to its sign: the demos only ever command
+        -1 (open) or +1 (close), and a regressed value near 0 (a chunk between the two modes) makes the
+        fingers hover half-closed. The snapped action is also what CLaD and the policy see as the past.
+        """
+        raw = self.normalizer.unnormalize_actions(action)
+        if self.spec.get("binary_gripper"):
+            raw = np.array(raw, np.float64)
+            raw[-1] = 1.0 if raw[-1] > 0 else -1.0
+            action = self.normalizer.normalize_actions(raw).astype(np.float32)
+        return action, np.clip(raw, -1.0, 1.0).astype(np.float32)
+
     # ---------------------------------------------------------------- an episode
     def rollout(self, job: dict) -> dict:
         import torch
@@ -590,9 +606,8 @@ class Agent:
                     frames = env.render_cameras()
                     renders += 1
                 frames_out.append(np.concatenate([frames[c][::-1] for c in self.env_cameras], axis=1))
-            action = self.choose(t, chunks).astype(np.float32)
+            action, env_action = self.to_env(self.choose(t, chunks).astype(np.float32))
             executed.append(action)
-            env_action = np.clip(self.normalizer.unnormalize_actions(action), -1.0, 1.0)
             obs, _, _, _ = env.step(env_action)
             t += 1
             goals = env.goal_status()
@@ -703,8 +718,11 @@ def _write_json(path: Path, obj) -> None:
 
 def _settings_identity(settings: dict) -> dict:
     keys = ("checkpoint", "suite", "max_steps", "warmup_steps", "query_every", "ensemble", "start_actions", "seed",
-            "encoder_hash", "fast_reset", "weights")
-    return {k: settings.get(k) for k in keys}
+            "encoder_hash", "fast_reset", "weights", "binary_gripper")
+    identity = {k: settings.get(k) for k in keys}
+    if not identity["binary_gripper"]:  # absent from evaluations written before the option existed
+        identity.pop("binary_gripper")
+    return identity
 
 
 def _used_weights(spec: dict, weights: str) -> str:
@@ -756,14 +774,15 @@ def _file_digest(path: str | None) -> str | None:
 def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, workers=None, videos=None,
              protocol="single", seed=None, progress=True, encoder=None, max_steps=None, warmup_steps=None,
              query_every=None, ensemble=False, start_actions="noop", fast_reset=False, device=None,
-             weights="auto", rollout=None) -> dict:
+             weights="auto", binary_gripper=False, rollout=None) -> dict:
     """Evaluate a stage-2 run (``RUN_DIR`` or checkpoint file) on LIBERO; writes and returns results.json.
 
     ``None`` values fall back to the run's profile's ``EvalConfig`` (``episodes``: 20 for
     ``protocol="top3"``). Extra keyword arguments beyond the common API: ``encoder`` (spec;
     default: the one recorded in the run's embedding cache), ``max_steps`` / ``warmup_steps`` /
     ``query_every``, ``ensemble`` (temporal ensembling), ``start_actions`` ("noop" | "mask"),
-    ``fast_reset`` (no MjSim rebuild per episode; see ``Agent.env``), ``device``, ``weights``
+    ``fast_reset`` (no MjSim rebuild per episode; see ``Agent.env``), ``binary_gripper`` (execute
+    the sign of the gripper command; see ``Agent.to_env``), ``device``, ``weights``
     ("auto": the weight EMA when the run kept one, else the raw weights; "ema"; "raw"), and ``rollout`` (a fake ``job -> record`` function, for tests of the bookkeeping).
     """
     from clad_lite.provenance import device_description, git_sha
@@ -809,7 +828,7 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
     settings = {"suite": suite, "max_steps": int(max_steps),
                 "warmup_steps": int(ev.warmup_steps if warmup_steps is None else warmup_steps),
                 "query_every": query_every, "ensemble": bool(ensemble), "start_actions": start_actions, "seed": seed,
-                "fast_reset": bool(fast_reset), "device": device}
+                "fast_reset": bool(fast_reset), "binary_gripper": bool(binary_gripper), "device": device}
 
     if protocol == "single":
         spec = dict(base, **settings, weights=_used_weights(base, weights))
@@ -854,6 +873,7 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
     protocol_info.update(max_steps=settings["max_steps"], warmup_steps=settings["warmup_steps"],
                          replan_every=tau, query_every=query_every, temporal_ensembling=bool(ensemble),
                          start_actions=start_actions, fast_reset=bool(fast_reset), weights=spec["weights"],
+                         binary_gripper=bool(binary_gripper),
                          success="env.check_success() after any policy step",
                          init_states="episode i starts from LIBERO's fixed init state i")
     results = {
@@ -917,7 +937,8 @@ def run(args) -> int:
                        workers=args.workers, videos=args.videos, protocol=args.protocol, seed=args.seed,
                        progress=not args.no_progress, encoder=args.encoder, max_steps=args.max_steps,
                        query_every=args.query_every, ensemble=args.ensemble, start_actions=args.start_actions,
-                       fast_reset=args.fast_reset, device=args.device, weights=args.weights)
+                       fast_reset=args.fast_reset, device=args.device, weights=args.weights,
+                       binary_gripper=args.binary_gripper)
     rows = [f"{t['task_id']:>4}  {t['successes']:>3}/{t['episodes']:<3} {100 * (t['rate'] or 0):5.1f}%  "
             f"[{100 * t['ci95'][0]:5.1f}, {100 * t['ci95'][1]:5.1f}]  {t['instruction']}" for t in results["per_task"]]
     print(f"{results['suite']} ({results['profile']} profile, protocol {results['protocol']['name']}):")
@@ -952,6 +973,8 @@ def register(subparsers) -> None:
                         help="CLaD's past actions before the first step: the no-op (training's edge rule) or masked")
     parser.add_argument("--fast-reset", action="store_true",
                         help="reset without rebuilding the MjSim (upstream LIBERO rebuilds it: seconds per episode on CPU)")
+    parser.add_argument("--binary-gripper", action="store_true",
+                        help="execute the sign of the predicted gripper command (the demos only use -1 / +1)")
     parser.add_argument("--weights", choices=WEIGHTS, default="auto",
                         help="auto: the weight EMA when the run kept one (stage2.ema_decay > 0), else the raw weights")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")

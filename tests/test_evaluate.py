@@ -269,6 +269,34 @@ def test_open_loop_and_temporal_ensembling_pick_actions():
     np.testing.assert_allclose(Agent.choose(stub, 7, chunks), 1.0)  # only the second chunk covers step 7
 
 
+def test_binary_gripper_snaps_the_executed_gripper_to_its_sign():
+    """--binary-gripper: the env gets -1 / +1 on the gripper, and the history keeps the snapped action."""
+    from clad_lite.demos.windows import Normalizer
+    from clad_lite.evaluate import Agent
+
+    stats = {"keys": {"actions": {"min": [-0.5] * 6 + [-1.0], "max": [0.5] * 6 + [1.0]},
+                      "robot_states": {"mean": [0.0] * 9, "std": [1.0] * 9}}}
+
+    class Stub:
+        def __init__(self, binary):
+            self.spec = {"binary_gripper": binary}
+            self.normalizer = Normalizer(stats, "authors_code")
+
+    chosen = np.array([0.1, -0.2, 0.3, 0.0, 0.0, 0.0, 0.2], np.float32)  # normalised; the gripper a bit above centre
+    plain = Stub(False)
+    history, env_action = Agent.to_env(plain, chosen)
+    np.testing.assert_array_equal(history, chosen)
+    np.testing.assert_allclose(env_action, np.clip(plain.normalizer.unnormalize_actions(chosen), -1, 1), rtol=1e-6)
+    assert -1.0 < env_action[-1] < 1.0
+    snapped = Stub(True)
+    for value, sign in ((0.2, 1.0), (-0.05, -1.0)):
+        raw_gripper = float(snapped.normalizer.unnormalize_actions(np.r_[chosen[:6], value])[-1])
+        history, env_action = Agent.to_env(snapped, np.r_[chosen[:6], value].astype(np.float32))
+        assert env_action[-1] == (1.0 if raw_gripper > 0 else -1.0) and env_action[-1] == sign
+        np.testing.assert_allclose(env_action[:6], plain.normalizer.unnormalize_actions(chosen)[:6], rtol=1e-6)
+        np.testing.assert_allclose(snapped.normalizer.unnormalize_actions(history)[-1], sign, atol=1e-6)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_weights_choice_ema_or_raw(tmp_path):
     """--weights auto picks the weight EMA when the run kept one; the choice is recorded and guarded."""
