@@ -42,8 +42,11 @@ Policy-only runs (``policy.foresight=none``) skip CLaD. **Temporal ensembling** 
 ACT's rule): query every ``--query-every`` steps (default 1 with ``--ensemble``; τ must be a
 multiple of it) and execute the weighted mean of every chunk that covers the step, weight
 ``exp(-m * i)`` with i = 0 the oldest (m = 0.01, as ACT). Without ``--ensemble`` the newest chunk is used.
-**Binary gripper** (``--binary-gripper``): execute the sign of the regressed gripper command, as the
-demos only ever command -1 (open) or +1 (close); off by default (the paper executes the raw chunk).
+**Gripper latch** (``--gripper-hysteresis h``): the Panda gripper already acts on the *sign* of its
+command (robosuite's ``PandaGripper.format_action``), so a regressed command that dips from +0.4 to
+-0.01 for one step opens the hand. The latch executes a held ±1 that flips only once the command
+passes ``h`` on the other side (h = 0: the plain sign, but then also fed back as ±1 history, as in
+the demos); off by default (the paper executes the raw chunk).
 
 **Partial progress**: after every step each BDDL goal predicate of the task is evaluated
 (``LiberoEnv.goal_status``, about 0.1 ms against ~30 ms of physics); an episode records which
@@ -443,6 +446,7 @@ class Agent:
         # being the episode's (growing) list of normalised proprio, one per step; None in evaluations
         self.observer = None
         self.last_foresight = None  # the (zhat_p, zhat_s) of the latest query (None for policy-only runs)
+        self.gripper = -1.0  # the gripper latch (``to_env``); reset to open at every episode's start
 
     def _load_encoder(self, spec: dict):
         from clad_lite.encoders.base import EncoderLoadError, load_encoder
@@ -540,14 +544,21 @@ class Agent:
     def to_env(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A chosen normalised action (7,) -> (the normalised action kept as history, the env's action (7,)).
 
-        With ``binary_gripper`` the gripper command is snapped to its sign: the demos only ever command
-        -1 (open) or +1 (close), and a regressed value near 0 (a chunk between the two modes) makes the
-        fingers hover half-closed. The snapped action is also what CLaD and the policy see as the past.
+        With ``gripper_hysteresis`` h the gripper command becomes the latch ``self.gripper`` (±1; -1,
+        open, at the start of an episode): it flips to +1 when the command exceeds h and to -1 when it
+        falls below -h, and holds otherwise. The demos only ever command ±1, so the latched action is
+        also what CLaD reads as the past.
         """
         raw = self.normalizer.unnormalize_actions(action)
-        if self.spec.get("binary_gripper"):
+        h = self.spec.get("gripper_hysteresis")
+        if h is not None:
+            command = float(raw[-1])
+            if command > h:
+                self.gripper = 1.0
+            elif command < -h:
+                self.gripper = -1.0
             raw = np.array(raw, np.float64)
-            raw[-1] = 1.0 if raw[-1] > 0 else -1.0
+            raw[-1] = self.gripper
             action = self.normalizer.normalize_actions(raw).astype(np.float32)
         return action, np.clip(raw, -1.0, 1.0).astype(np.float32)
 
@@ -568,6 +579,7 @@ class Agent:
         obs = env.reset_to_init_state(episode)
         reset_seconds = time.perf_counter() - start
         noop = _noop()
+        self.gripper = float(noop[-1])  # the latch of ``to_env`` starts open, as the warm-up leaves the hand
         for _ in range(int(spec["warmup_steps"])):
             obs, _, _, _ = env.step(noop)
         generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -718,10 +730,10 @@ def _write_json(path: Path, obj) -> None:
 
 def _settings_identity(settings: dict) -> dict:
     keys = ("checkpoint", "suite", "max_steps", "warmup_steps", "query_every", "ensemble", "start_actions", "seed",
-            "encoder_hash", "fast_reset", "weights", "binary_gripper")
+            "encoder_hash", "fast_reset", "weights", "gripper_hysteresis")
     identity = {k: settings.get(k) for k in keys}
-    if not identity["binary_gripper"]:  # absent from evaluations written before the option existed
-        identity.pop("binary_gripper")
+    if identity["gripper_hysteresis"] is None:  # absent from evaluations written before the option existed
+        identity.pop("gripper_hysteresis")
     return identity
 
 
@@ -774,15 +786,15 @@ def _file_digest(path: str | None) -> str | None:
 def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, workers=None, videos=None,
              protocol="single", seed=None, progress=True, encoder=None, max_steps=None, warmup_steps=None,
              query_every=None, ensemble=False, start_actions="noop", fast_reset=False, device=None,
-             weights="auto", binary_gripper=False, rollout=None) -> dict:
+             weights="auto", gripper_hysteresis=None, rollout=None) -> dict:
     """Evaluate a stage-2 run (``RUN_DIR`` or checkpoint file) on LIBERO; writes and returns results.json.
 
     ``None`` values fall back to the run's profile's ``EvalConfig`` (``episodes``: 20 for
     ``protocol="top3"``). Extra keyword arguments beyond the common API: ``encoder`` (spec;
     default: the one recorded in the run's embedding cache), ``max_steps`` / ``warmup_steps`` /
     ``query_every``, ``ensemble`` (temporal ensembling), ``start_actions`` ("noop" | "mask"),
-    ``fast_reset`` (no MjSim rebuild per episode; see ``Agent.env``), ``binary_gripper`` (execute
-    the sign of the gripper command; see ``Agent.to_env``), ``device``, ``weights``
+    ``fast_reset`` (no MjSim rebuild per episode; see ``Agent.env``), ``gripper_hysteresis`` (None,
+    the raw command, or a latch threshold in [0, 1); see ``Agent.to_env``), ``device``, ``weights``
     ("auto": the weight EMA when the run kept one, else the raw weights; "ema"; "raw"), and ``rollout`` (a fake ``job -> record`` function, for tests of the bookkeeping).
     """
     from clad_lite.provenance import device_description, git_sha
@@ -797,6 +809,10 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
         raise _user_error(f"start_actions must be 'noop' or 'mask', got {start_actions!r}")
     if weights not in WEIGHTS:
         raise _user_error(f"--weights must be one of {WEIGHTS}, got {weights!r}")
+    if gripper_hysteresis is not None:
+        gripper_hysteresis = float(gripper_hysteresis)
+        if not 0.0 <= gripper_hysteresis < 1.0:
+            raise _user_error(f"--gripper-hysteresis must be in [0, 1), got {gripper_hysteresis}")
     out = Path(out)
     base = load_run(run_dir, encoder=encoder, need_encoder=rollout is None)
     profile = profile_from_dict(base["config"])
@@ -828,7 +844,7 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
     settings = {"suite": suite, "max_steps": int(max_steps),
                 "warmup_steps": int(ev.warmup_steps if warmup_steps is None else warmup_steps),
                 "query_every": query_every, "ensemble": bool(ensemble), "start_actions": start_actions, "seed": seed,
-                "fast_reset": bool(fast_reset), "binary_gripper": bool(binary_gripper), "device": device}
+                "fast_reset": bool(fast_reset), "gripper_hysteresis": gripper_hysteresis, "device": device}
 
     if protocol == "single":
         spec = dict(base, **settings, weights=_used_weights(base, weights))
@@ -873,7 +889,7 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
     protocol_info.update(max_steps=settings["max_steps"], warmup_steps=settings["warmup_steps"],
                          replan_every=tau, query_every=query_every, temporal_ensembling=bool(ensemble),
                          start_actions=start_actions, fast_reset=bool(fast_reset), weights=spec["weights"],
-                         binary_gripper=bool(binary_gripper),
+                         gripper_hysteresis=gripper_hysteresis,
                          success="env.check_success() after any policy step",
                          init_states="episode i starts from LIBERO's fixed init state i")
     results = {
@@ -938,7 +954,7 @@ def run(args) -> int:
                        progress=not args.no_progress, encoder=args.encoder, max_steps=args.max_steps,
                        query_every=args.query_every, ensemble=args.ensemble, start_actions=args.start_actions,
                        fast_reset=args.fast_reset, device=args.device, weights=args.weights,
-                       binary_gripper=args.binary_gripper)
+                       gripper_hysteresis=args.gripper_hysteresis)
     rows = [f"{t['task_id']:>4}  {t['successes']:>3}/{t['episodes']:<3} {100 * (t['rate'] or 0):5.1f}%  "
             f"[{100 * t['ci95'][0]:5.1f}, {100 * t['ci95'][1]:5.1f}]  {t['instruction']}" for t in results["per_task"]]
     print(f"{results['suite']} ({results['profile']} profile, protocol {results['protocol']['name']}):")
@@ -973,8 +989,8 @@ def register(subparsers) -> None:
                         help="CLaD's past actions before the first step: the no-op (training's edge rule) or masked")
     parser.add_argument("--fast-reset", action="store_true",
                         help="reset without rebuilding the MjSim (upstream LIBERO rebuilds it: seconds per episode on CPU)")
-    parser.add_argument("--binary-gripper", action="store_true",
-                        help="execute the sign of the predicted gripper command (the demos only use -1 / +1)")
+    parser.add_argument("--gripper-hysteresis", type=float, default=None, metavar="H",
+                        help="latch the gripper at ±1, flipping only when the command passes ±H (default: off)")
     parser.add_argument("--weights", choices=WEIGHTS, default="auto",
                         help="auto: the weight EMA when the run kept one (stage2.ema_decay > 0), else the raw weights")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")

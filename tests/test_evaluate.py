@@ -269,8 +269,8 @@ def test_open_loop_and_temporal_ensembling_pick_actions():
     np.testing.assert_allclose(Agent.choose(stub, 7, chunks), 1.0)  # only the second chunk covers step 7
 
 
-def test_binary_gripper_snaps_the_executed_gripper_to_its_sign():
-    """--binary-gripper: the env gets -1 / +1 on the gripper, and the history keeps the snapped action."""
+def test_gripper_latch_flips_only_past_the_threshold():
+    """--gripper-hysteresis h: the env and the history get a held ±1 gripper; off, the raw command passes."""
     from clad_lite.demos.windows import Normalizer
     from clad_lite.evaluate import Agent
 
@@ -278,23 +278,28 @@ def test_binary_gripper_snaps_the_executed_gripper_to_its_sign():
                       "robot_states": {"mean": [0.0] * 9, "std": [1.0] * 9}}}
 
     class Stub:
-        def __init__(self, binary):
-            self.spec = {"binary_gripper": binary}
+        def __init__(self, h):
+            self.spec = {"gripper_hysteresis": h}
             self.normalizer = Normalizer(stats, "authors_code")
+            self.gripper = -1.0
 
-    chosen = np.array([0.1, -0.2, 0.3, 0.0, 0.0, 0.0, 0.2], np.float32)  # normalised; the gripper a bit above centre
-    plain = Stub(False)
-    history, env_action = Agent.to_env(plain, chosen)
-    np.testing.assert_array_equal(history, chosen)
-    np.testing.assert_allclose(env_action, np.clip(plain.normalizer.unnormalize_actions(chosen), -1, 1), rtol=1e-6)
-    assert -1.0 < env_action[-1] < 1.0
-    snapped = Stub(True)
-    for value, sign in ((0.2, 1.0), (-0.05, -1.0)):
-        raw_gripper = float(snapped.normalizer.unnormalize_actions(np.r_[chosen[:6], value])[-1])
-        history, env_action = Agent.to_env(snapped, np.r_[chosen[:6], value].astype(np.float32))
-        assert env_action[-1] == (1.0 if raw_gripper > 0 else -1.0) and env_action[-1] == sign
-        np.testing.assert_allclose(env_action[:6], plain.normalizer.unnormalize_actions(chosen)[:6], rtol=1e-6)
-        np.testing.assert_allclose(snapped.normalizer.unnormalize_actions(history)[-1], sign, atol=1e-6)
+    arm = np.array([0.1, -0.2, 0.3, 0.0, 0.0, 0.0], np.float32)
+    plain = Stub(None)
+    history, env_action = Agent.to_env(plain, np.r_[arm, 0.3].astype(np.float32))
+    np.testing.assert_allclose(history, np.r_[arm, 0.3], rtol=1e-6)
+    np.testing.assert_allclose(env_action, plain.normalizer.unnormalize_actions(np.r_[arm, 0.3]), rtol=1e-6)
+    latched = Stub(0.5)
+    commands = [0.3, 0.6, 0.02, -0.4, -0.7, 0.45, 0.9]  # gripper commands (the normaliser maps ±1 to ±1)
+    executed = []
+    for command in commands:
+        history, env_action = Agent.to_env(latched, np.r_[arm, command].astype(np.float32))
+        np.testing.assert_allclose(env_action[:6], plain.normalizer.unnormalize_actions(np.r_[arm, 0])[:6], rtol=1e-6)
+        np.testing.assert_allclose(latched.normalizer.unnormalize_actions(history)[-1], env_action[-1], atol=1e-6)
+        executed.append(float(env_action[-1]))
+    assert executed == [-1.0, 1.0, 1.0, 1.0, -1.0, -1.0, 1.0]
+    sign = Stub(0.0)  # h = 0: the plain sign; exactly 0 holds
+    assert [float(Agent.to_env(sign, np.r_[arm, c].astype(np.float32))[1][-1]) for c in (0.01, 0.0, -0.01, 0.0)] \
+        == [1.0, 1.0, -1.0, -1.0]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -74,6 +74,22 @@ def test_seeded_fresh_placements_are_deterministic_and_not_the_eval_states(env):
     assert not any(np.allclose(state, s) for s in init_states("libero_10", 0))
 
 
+def test_the_gripper_reads_only_the_sign_of_its_command(env):
+    """robosuite's PandaGripper.format_action steps its fingers by speed * sign(command): 0.2 closes the hand
+    exactly as 1.0 does. So a regressed command that dips below 0 for one step is a real "open"."""
+    def state_after(gripper):
+        env.reset_to_init_state(0)
+        action = np.array(NOOP_ACTION, np.float64)
+        action[-1] = gripper
+        for _ in range(4):
+            env.step(action)
+        return env.get_sim_state()
+
+    np.testing.assert_allclose(state_after(0.2), state_after(1.0), atol=1e-9)
+    np.testing.assert_allclose(state_after(-0.2), state_after(-1.0), atol=1e-9)
+    assert np.abs(state_after(0.2) - state_after(-0.2)).max() > 1e-4
+
+
 def test_step_rejects_bad_action(env):
     with pytest.raises(ValueError, match=r"shape \(7,\)"):
         env.step(np.zeros(ACTION_DIM + 1))
