@@ -446,7 +446,7 @@ class Agent:
         # being the episode's (growing) list of normalised proprio, one per step; None in evaluations
         self.observer = None
         self.last_foresight = None  # the (zhat_p, zhat_s) of the latest query (None for policy-only runs)
-        self.gripper = -1.0  # the gripper latch (``to_env``); reset to open at every episode's start
+        self.gripper = float(_noop()[-1])  # the gripper latch (``to_env``): open, reset at every episode's start
 
     def _load_encoder(self, spec: dict):
         from clad_lite.encoders.base import EncoderLoadError, load_encoder
@@ -557,8 +557,7 @@ class Agent:
                 self.gripper = 1.0
             elif command < -h:
                 self.gripper = -1.0
-            raw = np.array(raw, np.float64)
-            raw[-1] = self.gripper
+            raw[-1] = self.gripper  # raw is a fresh array (unnormalize_actions computes a new one)
             action = self.normalizer.normalize_actions(raw).astype(np.float32)
         return action, np.clip(raw, -1.0, 1.0).astype(np.float32)
 

@@ -85,9 +85,10 @@ def test_the_gripper_reads_only_the_sign_of_its_command(env):
             env.step(action)
         return env.get_sim_state()
 
-    np.testing.assert_allclose(state_after(0.2), state_after(1.0), atol=1e-9)
-    np.testing.assert_allclose(state_after(-0.2), state_after(-1.0), atol=1e-9)
-    assert np.abs(state_after(0.2) - state_after(-0.2)).max() > 1e-4
+    closing, opening = state_after(0.2), state_after(-0.2)
+    np.testing.assert_allclose(closing, state_after(1.0), atol=1e-9)
+    np.testing.assert_allclose(opening, state_after(-1.0), atol=1e-9)
+    assert np.abs(closing - opening).max() > 1e-4
 
 
 def test_step_rejects_bad_action(env):
