@@ -173,10 +173,14 @@ class EvalConfig:
     # no MjSim rebuild per episode (≈ 10 ms instead of 5-9 s on this CPU; trajectories drift by
     # ~1e-5 from upstream's, see clad_lite.evaluate); recorded in results.json's protocol
     fast_reset: bool = False
+    # chunks drawn per query and averaged (ForesightPolicy.sample_actions(num_samples=...)); 1 = the paper's
+    # single draw; recorded in results.json's protocol
+    action_samples: int = 1
 
     def __post_init__(self):
         _positive("eval", episodes_per_task=self.episodes_per_task, max_steps=self.max_steps, replan_every=self.replan_every,
-                  workers=self.workers)
+                  workers=self.workers, action_samples=self.action_samples)
+        _check(isinstance(self.action_samples, int), f"eval.action_samples must be an int, got {self.action_samples!r}")
         _check(self.episodes_per_task <= 50, f"eval.episodes_per_task is at most 50 (fixed init states), got {self.episodes_per_task}")
         _check(self.warmup_steps >= 0 and self.videos_per_task >= 0, "eval.warmup_steps and eval.videos_per_task must be >= 0")
 

@@ -172,6 +172,11 @@ class PolicyConfig:
         it as is.
     diffusion_steps / schedule / clip_sample: the DDPM (eq. 1-4; the authors' code used 25
         steps, cosine schedule, predictions of a_0 clipped to [-1, 1]).
+    past_actions: also condition the epsilon-network on the executed actions a^{t-tau:t},
+        encoded by an MLP e_a to obs_dim and appended to c (not the paper, whose policy reads
+        them only through CLaD's foresight, eq. 7-8). A scripted demonstrator's action depends on
+        where it is in its current motion, which the state shows only after the arm has moved;
+        the past actions show it at once.
     """
 
     proprio_dim: int = 16
@@ -193,8 +198,10 @@ class PolicyConfig:
     diffusion_steps: int = 25
     schedule: str = "cosine"
     clip_sample: bool = True
+    past_actions: bool = False
 
     def __post_init__(self) -> None:
+        _check(isinstance(self.past_actions, bool), "past_actions", self.past_actions, "must be a bool")
         _check_positive_ints(self, (
             "proprio_dim", "vision_dim", "language_dim", "action_dim", "horizon",
             "foresight_dim", "obs_dim", "obs_hidden_dim", "obs_layers", "hidden_dim",

@@ -529,7 +529,8 @@ class Agent:
                 f = self.clad.foresight(batch)
                 foresight = (f.proprio.float(), f.semantic.float())
             self.last_foresight = foresight
-            chunk = self.policy.sample_actions(batch, foresight=foresight, generator=generator)
+            chunk = self.policy.sample_actions(batch, foresight=foresight, generator=generator,
+                                               num_samples=int(self.spec.get("action_samples") or 1))
         return chunk[0].float().cpu().numpy()
 
     def choose(self, t: int, chunks: list[tuple[int, np.ndarray]]) -> np.ndarray:
@@ -729,10 +730,12 @@ def _write_json(path: Path, obj) -> None:
 
 def _settings_identity(settings: dict) -> dict:
     keys = ("checkpoint", "suite", "max_steps", "warmup_steps", "query_every", "ensemble", "start_actions", "seed",
-            "encoder_hash", "fast_reset", "weights", "gripper_hysteresis")
+            "encoder_hash", "fast_reset", "weights", "gripper_hysteresis", "action_samples")
     identity = {k: settings.get(k) for k in keys}
-    if identity["gripper_hysteresis"] is None:  # absent from evaluations written before the option existed
-        identity.pop("gripper_hysteresis")
+    # options absent from evaluations written before they existed: left out at their neutral value
+    for key, neutral in (("gripper_hysteresis", None), ("action_samples", 1)):
+        if identity[key] in (neutral, None):
+            identity.pop(key)
     return identity
 
 
@@ -785,7 +788,7 @@ def _file_digest(path: str | None) -> str | None:
 def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, workers=None, videos=None,
              protocol="single", seed=None, progress=True, encoder=None, max_steps=None, warmup_steps=None,
              query_every=None, ensemble=False, start_actions="noop", fast_reset=False, device=None,
-             weights="auto", gripper_hysteresis=None, rollout=None) -> dict:
+             weights="auto", gripper_hysteresis=None, action_samples=None, rollout=None) -> dict:
     """Evaluate a stage-2 run (``RUN_DIR`` or checkpoint file) on LIBERO; writes and returns results.json.
 
     ``None`` values fall back to the run's profile's ``EvalConfig`` (``episodes``: 20 for
@@ -793,7 +796,9 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
     default: the one recorded in the run's embedding cache), ``max_steps`` / ``warmup_steps`` /
     ``query_every``, ``ensemble`` (temporal ensembling), ``start_actions`` ("noop" | "mask"),
     ``fast_reset`` (no MjSim rebuild per episode; see ``Agent.env``), ``gripper_hysteresis`` (None,
-    the raw command, or a latch threshold in [0, 1); see ``Agent.to_env``), ``device``, ``weights``
+    the raw command, or a latch threshold in [0, 1); see ``Agent.to_env``), ``action_samples`` (chunks
+    drawn per query and averaged; default ``eval.action_samples``, 1 = one draw as in the paper; see
+    ``ForesightPolicy.sample_actions``), ``device``, ``weights``
     ("auto": the weight EMA when the run kept one, else the raw weights; "ema"; "raw"), and ``rollout`` (a fake ``job -> record`` function, for tests of the bookkeeping).
     """
     from clad_lite.provenance import device_description, git_sha
@@ -840,10 +845,14 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
     query_every = int(query_every or (1 if ensemble else tau))
     if query_every < 1 or tau % query_every:
         raise _user_error(f"--query-every must divide τ = {tau}, got {query_every}")
+    action_samples = int(ev.action_samples if action_samples is None else action_samples)
+    if action_samples < 1:
+        raise _user_error(f"--action-samples must be >= 1, got {action_samples}")
     settings = {"suite": suite, "max_steps": int(max_steps),
                 "warmup_steps": int(ev.warmup_steps if warmup_steps is None else warmup_steps),
                 "query_every": query_every, "ensemble": bool(ensemble), "start_actions": start_actions, "seed": seed,
-                "fast_reset": bool(fast_reset), "gripper_hysteresis": gripper_hysteresis, "device": device}
+                "fast_reset": bool(fast_reset), "gripper_hysteresis": gripper_hysteresis,
+                "action_samples": action_samples, "device": device}
 
     if protocol == "single":
         spec = dict(base, **settings, weights=_used_weights(base, weights))
@@ -888,7 +897,7 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
     protocol_info.update(max_steps=settings["max_steps"], warmup_steps=settings["warmup_steps"],
                          replan_every=tau, query_every=query_every, temporal_ensembling=bool(ensemble),
                          start_actions=start_actions, fast_reset=bool(fast_reset), weights=spec["weights"],
-                         gripper_hysteresis=gripper_hysteresis,
+                         gripper_hysteresis=gripper_hysteresis, action_samples=action_samples,
                          success="env.check_success() after any policy step",
                          init_states="episode i starts from LIBERO's fixed init state i")
     results = {
@@ -953,7 +962,7 @@ def run(args) -> int:
                        progress=not args.no_progress, encoder=args.encoder, max_steps=args.max_steps,
                        query_every=args.query_every, ensemble=args.ensemble, start_actions=args.start_actions,
                        fast_reset=args.fast_reset, device=args.device, weights=args.weights,
-                       gripper_hysteresis=args.gripper_hysteresis)
+                       gripper_hysteresis=args.gripper_hysteresis, action_samples=args.action_samples)
     rows = [f"{t['task_id']:>4}  {t['successes']:>3}/{t['episodes']:<3} {100 * (t['rate'] or 0):5.1f}%  "
             f"[{100 * t['ci95'][0]:5.1f}, {100 * t['ci95'][1]:5.1f}]  {t['instruction']}" for t in results["per_task"]]
     print(f"{results['suite']} ({results['profile']} profile, protocol {results['protocol']['name']}):")
@@ -990,6 +999,8 @@ def register(subparsers) -> None:
                         help="reset without rebuilding the MjSim (upstream LIBERO rebuilds it: seconds per episode on CPU)")
     parser.add_argument("--gripper-hysteresis", type=float, default=None, metavar="H",
                         help="latch the gripper at ±1, flipping only when the command passes ±H (default: off)")
+    parser.add_argument("--action-samples", type=int, default=None, metavar="N",
+                        help="chunks drawn per query and averaged (default: eval.action_samples; 1 = one draw, the paper)")
     parser.add_argument("--weights", choices=WEIGHTS, default="auto",
                         help="auto: the weight EMA when the run kept one (stage2.ema_decay > 0), else the raw weights")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")

@@ -90,7 +90,8 @@ _NOT_CONTENT = {"data": ("workers",), "encoder": ("threads", "save_every", "log_
 # fields added after runs were stamped: at this value they change nothing that was made, so they
 # are left out of the fingerprint (older stamps, which lack them, still match)
 _OMIT_AT = {"stage1": {"ema_decay": 0.0}, "stage2": {"ema_decay": 0.0},
-            "data": {"vision_source": "encoder", "action_noise": 0.0, "success_hold": 0}}
+            "data": {"vision_source": "encoder", "action_noise": 0.0, "success_hold": 0},
+            "eval": {"action_samples": 1}}
 
 
 @dataclass
@@ -641,7 +642,7 @@ class Pipeline:
                  workers=self.eval_workers if self.eval_workers is not None else e.workers,
                  videos=e.videos_per_task, protocol="single", seed=e.seed, progress=self.progress,
                  encoder=self.encoder(), max_steps=e.max_steps, warmup_steps=e.warmup_steps,
-                 fast_reset=e.fast_reset)
+                 fast_reset=e.fast_reset, action_samples=e.action_samples)
         if not results_path.exists():
             raise UserError(f"the evaluation wrote no {results_path}")
         seconds = time.perf_counter() - start

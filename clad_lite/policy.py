@@ -6,6 +6,7 @@ O = obs_dim, W = hidden_dim of the epsilon-network, tau = horizon, A = action_di
     o_p = e_p(p^t),  o_s = e_s(s_v^t, s_l)           (B, O)     eq. 20
     g_p = FiLM(zhat_p, o_p),  g_s = FiLM(zhat_s, o_s)  (B, H)    eq. 21 (obs gives scale, shift)
     c   = [g_p; g_s] | g_p | g_s | [o_p; o_s]           by ``config.foresight`` (figure 3)
+          (+ [; e_a(a^{t-tau:t})] with ``config.past_actions``, not the paper)
     eps_theta(a_k, k, c): [flatten(a_k) ; emb(k) ; c] -> Linear -> n_blocks x MLPResNetBlock
                           -> LN -> GELU -> Linear -> (B, tau, A)                          eq. 22
     L_policy = ||eps - eps_theta(sqrt(abar_k) a_0 + sqrt(1 - abar_k) eps, k, c)||^2       eq. 22
@@ -59,7 +60,8 @@ class ForesightPolicy(nn.Module):
     """Diffusion policy over action chunks a^{t:t+tau}, conditioned on latent foresight.
 
     ``loss(batch, foresight=None, clad=None)`` -> scalar eq. 22 loss (float32);
-    ``sample_actions(obs, foresight=None, clad=None, generator=None)`` -> (B, tau, A) in [-1, 1].
+    ``sample_actions(obs, foresight=None, clad=None, generator=None, num_samples=1)`` -> (B, tau, A)
+    in [-1, 1] (the mean of ``num_samples`` draws).
     Foresights come either as a ``Foresight`` / (zhat_p, zhat_s) pair of (B, H) tensors or
     from a frozen ``clad`` evaluated on the batch; ignored when ``foresight="none"``.
     """
@@ -78,6 +80,9 @@ class ForesightPolicy(nn.Module):
             self.film_s = FiLM(c.foresight_dim, c.obs_dim)
         cond_dim = {"both": 2 * c.foresight_dim, "proprio": c.foresight_dim,
                     "semantic": c.foresight_dim, "none": 2 * c.obs_dim}[c.foresight]
+        if c.past_actions:  # e_a(a^{t-tau:t}) appended to the condition (not the paper; see PolicyConfig)
+            self.e_a = MLP(c.horizon * c.action_dim, c.obs_hidden_dim, c.obs_dim, c.obs_layers)
+            cond_dim += c.obs_dim
         self.eps_net = EpsilonNetwork(c, cond_dim)                                    # eq. 22
         self.ddpm = DDPM(c.diffusion_steps, c.schedule, clip_sample=c.clip_sample)
 
@@ -114,13 +119,18 @@ class ForesightPolicy(nn.Module):
         o_p, o_s = self.encode_observation(obs)
         mode = self.config.foresight
         if mode == "none":
-            return torch.cat([o_p, o_s], dim=-1)
-        zhat_p, zhat_s = self._resolve_foresight(obs, foresight, clad)
-        parts = []
-        if mode in ("both", "proprio"):
-            parts.append(self.film_p(self._normalize(zhat_p), o_p))                  # eq. 21
-        if mode in ("both", "semantic"):
-            parts.append(self.film_s(self._normalize(zhat_s), o_s))
+            parts = [o_p, o_s]
+        else:
+            zhat_p, zhat_s = self._resolve_foresight(obs, foresight, clad)
+            parts = []
+            if mode in ("both", "proprio"):
+                parts.append(self.film_p(self._normalize(zhat_p), o_p))              # eq. 21
+            if mode in ("both", "semantic"):
+                parts.append(self.film_s(self._normalize(zhat_s), o_s))
+        if self.config.past_actions:
+            if "actions_past" not in obs:
+                raise KeyError("policy.past_actions=True needs obs['actions_past'] (B, tau, A)")
+            parts.append(self.e_a(rearrange(obs["actions_past"], "b t a -> b (t a)")))
         return torch.cat(parts, dim=-1)
 
     # ----------------------------------------------------------- train / act
@@ -136,12 +146,27 @@ class ForesightPolicy(nn.Module):
     @torch.no_grad()
     def sample_actions(self, obs: dict, foresight: Foresight | tuple | None = None,
                        clad: CLaD | None = None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reverse diffusion (eq. 3) from N(0, I) -> action chunk (B, tau, A) in [-1, 1]."""
+                       generator: torch.Generator | None = None,
+                       num_samples: int = 1) -> torch.Tensor:
+        """Reverse diffusion (eq. 3) from N(0, I) -> action chunk (B, tau, A) in [-1, 1].
+
+        ``num_samples`` = N > 1 draws N chunks per observation in one batched pass (B * N) and
+        returns their mean: an estimate of E[a^{t:t+tau} | c] instead of one draw. Not the paper's
+        (which executes one sample); it trades the policy's multimodality for lower variance,
+        which suits a unimodal (scripted) demonstrator: with N = 1 every executed chunk carries
+        the spread of the learned distribution, e.g. a gripper command that crosses 0.
+        """
+        if not (isinstance(num_samples, int) and num_samples >= 1):
+            raise ValueError(f"num_samples={num_samples!r}: must be an int >= 1")
         cond = self.condition(obs, foresight, clad)
+        batch = cond.shape[0]
+        if num_samples > 1:
+            cond = cond.repeat_interleave(num_samples, dim=0)                # (B * N, C)
         shape = (cond.shape[0], self.config.horizon, self.config.action_dim)
         actions = self.ddpm.sample(lambda a_k, k: self.eps_net(a_k, k, cond), shape,
                                    device=cond.device, generator=generator)
+        if num_samples > 1:
+            actions = rearrange(actions, "(b n) t a -> b n t a", b=batch).mean(dim=1)
         return actions.float().clamp(-1.0, 1.0)
 
 

@@ -67,7 +67,7 @@ class RolloutRecord:
 
 def rollout_spec(run_dir, *, suite: str = "libero_10", max_steps: int | None = None, warmup_steps: int | None = None,
                  seed: int | None = None, encoder: str | None = None, fast_reset: bool = False,
-                 device: str | None = "cpu", start_actions: str = "noop") -> dict:
+                 device: str | None = "cpu", start_actions: str = "noop", action_samples: int | None = None) -> dict:
     """The :class:`~clad_lite.evaluate.Agent` spec of a stage-2 run with the run's eval settings (as ``evaluate``)."""
     from clad_lite.evaluate import load_run
     from clad_lite.train import profile_from_dict
@@ -79,7 +79,7 @@ def rollout_spec(run_dir, *, suite: str = "libero_10", max_steps: int | None = N
                 warmup_steps=int(ev.warmup_steps if warmup_steps is None else warmup_steps),
                 query_every=profile.policy.horizon, ensemble=False, start_actions=start_actions,
                 seed=int(ev.seed if seed is None else seed), fast_reset=bool(fast_reset), device=device,
-                video_dir=None)
+                action_samples=int(ev.action_samples if action_samples is None else action_samples), video_dir=None)
 
 
 def record_rollout(run_dir=None, task_id: int = 0, episode: int = 0, *, agent=None, **settings) -> RolloutRecord:

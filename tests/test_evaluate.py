@@ -349,3 +349,39 @@ def test_goal_counts_per_predicate():
     # episodes logged before goal tracking, or a mix, give no counts rather than wrong ones
     assert goal_counts([{"success": False}]) == [] and goal_counts(records + [{"success": True}]) == []
     assert goal_counts([record((True,), (True,), goals=("In(a, b)",)), records[0]]) == []
+
+
+def test_action_samples_reach_the_policy_and_are_recorded(tmp_path):
+    """--action-samples N: the Agent averages N draws per query; results.json and the settings identity
+    record N, and an evaluation folder of one-draw rollouts (written before the option) still matches N = 1."""
+    from clad_lite.cli import UserError
+    from clad_lite.evaluate import Agent, load_run
+
+    torch.set_num_threads(1)
+    run_dir = make_tiny_run(tmp_path / "r", foresight="none")
+    seen = []
+    original = Agent.__init__
+
+    class Recording(Agent):
+        def __init__(self, spec):
+            original(self, spec)
+            sample = self.policy.sample_actions
+            self.policy.sample_actions = lambda *a, **k: (seen.append(k["num_samples"]), sample(*a, **k))[1]
+
+    agent = Recording(dict(load_run(run_dir), device="cpu", action_samples=4))
+    agent.plan(0, [np.zeros(16, np.float32)], {0: np.zeros(128, np.float32)}, [], np.zeros(64, np.float32),
+               torch.Generator().manual_seed(0))
+    assert seen == [4]
+    calls: list = []
+    one = evaluate(run_dir, tmp_path / "e1", tasks="0", episodes=1, progress=False, rollout=fake_rollout(calls))
+    assert one["protocol"]["action_samples"] == 1
+    assert "action_samples" not in json.loads((tmp_path / "e1" / "eval_config.json").read_text())
+    eight = evaluate(run_dir, tmp_path / "e8", tasks="0", episodes=1, progress=False, action_samples=8,
+                     rollout=fake_rollout(calls))
+    assert eight["protocol"]["action_samples"] == 8
+    with pytest.raises(UserError, match="other settings"):
+        evaluate(run_dir, tmp_path / "e1", tasks="0", episodes=1, progress=False, action_samples=8,
+                 rollout=fake_rollout(calls))
+    with pytest.raises(UserError, match="action-samples"):
+        evaluate(run_dir, tmp_path / "e0", tasks="0", episodes=1, progress=False, action_samples=0,
+                 rollout=fake_rollout(calls))

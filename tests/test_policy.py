@@ -158,3 +158,46 @@ def test_stage2_overfits_a_tiny_batch():
     last, last_error = measured_loss(), sample_error()
     assert last < first / 8, (first, last)
     assert last_error < 0.3 < first_error, (first_error, last_error)
+
+
+def test_num_samples_averages_draws_of_one_batched_pass():
+    """num_samples = N: N draws per observation in one (B * N) pass, averaged; N = 1 is the single draw."""
+    pol, b, f = randomize_films(policy()), batch(), foresight()
+    pol.eval()
+    n = 5
+    single = pol.sample_actions(b, f, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(single, pol.sample_actions(b, f, generator=torch.Generator().manual_seed(4), num_samples=1))
+    averaged = pol.sample_actions(b, f, generator=torch.Generator().manual_seed(4), num_samples=n)
+    assert averaged.shape == (B, POLICY_CFG.horizon, 7)
+    # the same draws, made by hand: each observation repeated N times in a row, one sample each
+    repeat = lambda x: x.repeat_interleave(n, dim=0)
+    draws = pol.sample_actions({k: repeat(v) for k, v in b.items()}, tuple(repeat(x) for x in f),
+                               generator=torch.Generator().manual_seed(4)).reshape(B, n, POLICY_CFG.horizon, 7)
+    torch.testing.assert_close(averaged, draws.mean(dim=1).clamp(-1, 1))
+    # the mean of N draws varies less across seeds than one draw
+    spread = lambda k: torch.stack([pol.sample_actions(b, f, generator=torch.Generator().manual_seed(s), num_samples=k)
+                                    for s in range(6)]).std(dim=0).mean()
+    assert spread(n) < 0.7 * spread(1)
+    with pytest.raises(ValueError, match="num_samples"):
+        pol.sample_actions(b, f, num_samples=0)
+
+
+@pytest.mark.parametrize("mode", ["none", "both"])
+def test_past_actions_join_the_condition(mode):
+    """policy.past_actions: c gains e_a(a^{t-tau:t}) (obs_dim wide); without the switch they are ignored."""
+    c, b = POLICY_CFG, batch()
+    f = foresight() if mode != "none" else None
+    plain, with_past = policy(foresight=mode), policy(foresight=mode, past_actions=True)
+    other = dict(b, actions_past=torch.flip(b["actions_past"], dims=[0]))
+    with torch.no_grad():
+        c_plain, c_past = plain.condition(b, f), with_past.condition(b, f)
+        assert c_past.shape[1] == c_plain.shape[1] + c.obs_dim
+        assert torch.equal(plain.condition(other, f), c_plain)          # ignored without the switch
+        changed = (with_past.condition(other, f) - c_past).abs().sum(dim=1)
+        assert torch.equal(changed[:, None] > 0, (b["actions_past"] != other["actions_past"]).flatten(1).any(1, keepdim=True))
+    assert with_past.num_parameters() > plain.num_parameters()
+    loss = with_past.loss(b, f)
+    loss.backward()
+    assert with_past.e_a.net[0].weight.grad.abs().sum() > 0
+    with pytest.raises(KeyError, match="actions_past"):
+        with_past.condition({k: v for k, v in b.items() if k != "actions_past"}, f)
