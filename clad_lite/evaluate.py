@@ -87,6 +87,7 @@ agentview | wrist, upright, 20 fps)::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -576,7 +577,10 @@ class Agent:
         build_seconds = time.perf_counter() - start
         start = time.perf_counter()
         np.random.seed(seed)
-        obs = env.reset_to_init_state(episode)
+        if spec.get("start_demos"):  # the imitation check: the first state of training demo ``episode``
+            obs = env.reset_to_state(demo_start_states(spec["start_demos"], spec["suite"], task_id)[episode])
+        else:
+            obs = env.reset_to_init_state(episode)
         reset_seconds = time.perf_counter() - start
         noop = _noop()
         self.gripper = float(noop[-1])  # the latch of ``to_env`` starts open, as the warm-up leaves the hand
@@ -642,6 +646,24 @@ class Agent:
                 "goals": list(env.goal_names), "goals_final": list(goals), "goals_reached": goals_reached,
                 "video": str(video_path) if video_path else None, "checkpoint_step": spec.get("step"),
                 "pid": os.getpid()}
+
+
+@functools.lru_cache(maxsize=16)
+def demo_start_states(data_dir: str, suite: str, task_id: int) -> np.ndarray:
+    """(n_demos, S) first recorded states of the demonstrations of one task in ``data_dir``, in demo order.
+
+    What ``--start-from-demos DATA`` starts episode i from instead of LIBERO's fixed init state i: a
+    policy that fails from its own training starts fails at imitation, not at generalisation.
+    """
+    from clad_lite.demos import hdf5 as H
+    from clad_lite.sim import task_info
+
+    instruction = task_info(suite, task_id).instruction
+    for path in H.find_demo_files([data_dir]):
+        with H.DemoFile(path) as f:
+            if f.instruction == instruction:
+                return np.stack([np.asarray(f.read(d, ["states"])["states"][0]) for d in f.demos])
+    raise _user_error(f"no demonstrations of {suite} task {task_id} ({instruction!r}) in {data_dir}")
 
 
 def close_environments() -> None:
@@ -730,10 +752,10 @@ def _write_json(path: Path, obj) -> None:
 
 def _settings_identity(settings: dict) -> dict:
     keys = ("checkpoint", "suite", "max_steps", "warmup_steps", "query_every", "ensemble", "start_actions", "seed",
-            "encoder_hash", "fast_reset", "weights", "gripper_hysteresis", "action_samples")
+            "encoder_hash", "fast_reset", "weights", "gripper_hysteresis", "action_samples", "start_demos")
     identity = {k: settings.get(k) for k in keys}
     # options absent from evaluations written before they existed: left out at their neutral value
-    for key, neutral in (("gripper_hysteresis", None), ("action_samples", 1)):
+    for key, neutral in (("gripper_hysteresis", None), ("action_samples", 1), ("start_demos", None)):
         if identity[key] in (neutral, None):
             identity.pop(key)
     return identity
@@ -788,7 +810,8 @@ def _file_digest(path: str | None) -> str | None:
 def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, workers=None, videos=None,
              protocol="single", seed=None, progress=True, encoder=None, max_steps=None, warmup_steps=None,
              query_every=None, ensemble=False, start_actions="noop", fast_reset=False, device=None,
-             weights="auto", gripper_hysteresis=None, action_samples=None, rollout=None) -> dict:
+             weights="auto", gripper_hysteresis=None, action_samples=None, start_from_demos=None,
+             rollout=None) -> dict:
     """Evaluate a stage-2 run (``RUN_DIR`` or checkpoint file) on LIBERO; writes and returns results.json.
 
     ``None`` values fall back to the run's profile's ``EvalConfig`` (``episodes``: 20 for
@@ -798,7 +821,9 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
     ``fast_reset`` (no MjSim rebuild per episode; see ``Agent.env``), ``gripper_hysteresis`` (None,
     the raw command, or a latch threshold in [0, 1); see ``Agent.to_env``), ``action_samples`` (chunks
     drawn per query and averaged; default ``eval.action_samples``, 1 = one draw as in the paper; see
-    ``ForesightPolicy.sample_actions``), ``device``, ``weights``
+    ``ForesightPolicy.sample_actions``), ``start_from_demos`` (a demonstrations folder: episode i starts
+    from the first state of its demo i instead of LIBERO's init state i, the imitation check; see
+    ``demo_start_states``), ``device``, ``weights``
     ("auto": the weight EMA when the run kept one, else the raw weights; "ema"; "raw"), and ``rollout`` (a fake ``job -> record`` function, for tests of the bookkeeping).
     """
     from clad_lite.provenance import device_description, git_sha
@@ -848,11 +873,19 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
     action_samples = int(ev.action_samples if action_samples is None else action_samples)
     if action_samples < 1:
         raise _user_error(f"--action-samples must be >= 1, got {action_samples}")
+    start_demos = None
+    if start_from_demos is not None:
+        start_demos = str(Path(start_from_demos).resolve())
+        for task_id in tasks:
+            n_demos = len(demo_start_states(start_demos, suite, task_id))
+            if n_demos < episodes:
+                raise _user_error(f"--start-from-demos {start_from_demos}: task {task_id} has {n_demos} demos, "
+                                  f"fewer than --episodes {episodes}")
     settings = {"suite": suite, "max_steps": int(max_steps),
                 "warmup_steps": int(ev.warmup_steps if warmup_steps is None else warmup_steps),
                 "query_every": query_every, "ensemble": bool(ensemble), "start_actions": start_actions, "seed": seed,
                 "fast_reset": bool(fast_reset), "gripper_hysteresis": gripper_hysteresis,
-                "action_samples": action_samples, "device": device}
+                "action_samples": action_samples, "start_demos": start_demos, "device": device}
 
     if protocol == "single":
         spec = dict(base, **settings, weights=_used_weights(base, weights))
@@ -899,7 +932,9 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
                          start_actions=start_actions, fast_reset=bool(fast_reset), weights=spec["weights"],
                          gripper_hysteresis=gripper_hysteresis, action_samples=action_samples,
                          success="env.check_success() after any policy step",
-                         init_states="episode i starts from LIBERO's fixed init state i")
+                         init_states="episode i starts from LIBERO's fixed init state i" if start_demos is None
+                         else f"episode i starts from the first state of training demo i in {start_demos} "
+                              "(imitation check, not the LIBERO protocol)")
     results = {
         "suite": suite, "profile": profile.name, "protocol": protocol_info, "episodes_per_task": episodes,
         "per_task": per_task, "average": average,
@@ -962,7 +997,8 @@ def run(args) -> int:
                        progress=not args.no_progress, encoder=args.encoder, max_steps=args.max_steps,
                        query_every=args.query_every, ensemble=args.ensemble, start_actions=args.start_actions,
                        fast_reset=args.fast_reset, device=args.device, weights=args.weights,
-                       gripper_hysteresis=args.gripper_hysteresis, action_samples=args.action_samples)
+                       gripper_hysteresis=args.gripper_hysteresis, action_samples=args.action_samples,
+                       start_from_demos=args.start_from_demos)
     rows = [f"{t['task_id']:>4}  {t['successes']:>3}/{t['episodes']:<3} {100 * (t['rate'] or 0):5.1f}%  "
             f"[{100 * t['ci95'][0]:5.1f}, {100 * t['ci95'][1]:5.1f}]  {t['instruction']}" for t in results["per_task"]]
     print(f"{results['suite']} ({results['profile']} profile, protocol {results['protocol']['name']}):")
@@ -1001,6 +1037,9 @@ def register(subparsers) -> None:
                         help="latch the gripper at ±1, flipping only when the command passes ±H (default: off)")
     parser.add_argument("--action-samples", type=int, default=None, metavar="N",
                         help="chunks drawn per query and averaged (default: eval.action_samples; 1 = one draw, the paper)")
+    parser.add_argument("--start-from-demos", default=None, metavar="DATA",
+                        help="imitation check: start episode i from the first state of training demo i in DATA "
+                             "instead of LIBERO's fixed init state i")
     parser.add_argument("--weights", choices=WEIGHTS, default="auto",
                         help="auto: the weight EMA when the run kept one (stage2.ema_decay > 0), else the raw weights")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")

@@ -272,8 +272,13 @@ class LiberoEnv:
         states = init_states(self.task.suite, self.task.task_id)
         if not 0 <= index < len(states):
             raise ValueError(f"init state index {index} out of range (0..{len(states) - 1})")
+        return self.reset_to_state(states[index])
+
+    def reset_to_state(self, state: np.ndarray) -> dict:
+        """Reset, then load a flattened [time, qpos, qvel] state the way a fixed init state is loaded
+        (e.g. a training demonstration's first state: ``eval --start-from-demos``)."""
         self._control.reset()
-        return self._control.set_init_state(states[index])
+        return self._control.set_init_state(np.asarray(state))
 
     def get_sim_state(self) -> np.ndarray:
         """Flattened MuJoCo state [time, qpos, qvel], as stored under ``states`` in LIBERO files."""

@@ -385,3 +385,34 @@ def test_action_samples_reach_the_policy_and_are_recorded(tmp_path):
     with pytest.raises(UserError, match="action-samples"):
         evaluate(run_dir, tmp_path / "e0", tasks="0", episodes=1, progress=False, action_samples=0,
                  rollout=fake_rollout(calls))
+
+
+def test_start_from_demos_reads_each_tasks_first_demo_states(tmp_path):
+    """--start-from-demos DATA: episode i of task k starts from states[0] of demo i of task k's file; the protocol
+    says so, the settings identity keeps it apart, and too few demos or a missing task are clear errors."""
+    import h5py
+
+    from clad_lite.cli import UserError
+    from clad_lite.demos.fixtures import write_ours
+    from clad_lite.evaluate import demo_start_states
+    from clad_lite.sim import task_info
+
+    data = tmp_path / "demos"
+    data.mkdir()
+    write_ours(data / "task0.hdf5", lengths=(5, 4, 6), images=False, instruction=task_info("libero_10", 0).instruction)
+    with h5py.File(data / "task0.hdf5", "r") as f:
+        firsts = np.stack([f[f"data/demo_{i}/states"][0] for i in range(3)])
+    np.testing.assert_array_equal(demo_start_states(str(data), "libero_10", 0), firsts)
+    with pytest.raises(UserError, match="no demonstrations of libero_10 task 1"):
+        demo_start_states(str(data), "libero_10", 1)
+    run_dir = make_tiny_run(tmp_path / "r", foresight="none")
+    calls: list = []
+    results = evaluate(run_dir, tmp_path / "e", tasks="0", episodes=3, progress=False, start_from_demos=data,
+                       rollout=fake_rollout(calls))
+    assert "training demo i" in results["protocol"]["init_states"]
+    assert json.loads((tmp_path / "e" / "eval_config.json").read_text())["start_demos"] == str(data.resolve())
+    with pytest.raises(UserError, match="other settings"):  # the LIBERO init states are another evaluation
+        evaluate(run_dir, tmp_path / "e", tasks="0", episodes=3, progress=False, rollout=fake_rollout(calls))
+    with pytest.raises(UserError, match="fewer than --episodes 4"):
+        evaluate(run_dir, tmp_path / "e4", tasks="0", episodes=4, progress=False, start_from_demos=data,
+                 rollout=fake_rollout(calls))

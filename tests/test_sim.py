@@ -91,6 +91,17 @@ def test_the_gripper_reads_only_the_sign_of_its_command(env):
     assert np.abs(closing - opening).max() > 1e-4
 
 
+def test_reset_to_state_loads_a_state_like_a_fixed_init_state(env):
+    """reset_to_state(s) (the start of ``eval --start-from-demos``) is reset_to_init_state for s = init state i."""
+    state = init_states("libero_10", 0)[3]
+    via_index = env.reset_to_init_state(3)
+    sim_state = env.get_sim_state()
+    env.reset(seed=5)
+    via_state = env.reset_to_state(state)
+    np.testing.assert_array_equal(env.get_sim_state(), sim_state)
+    np.testing.assert_array_equal(via_state["robot0_eef_pos"], via_index["robot0_eef_pos"])
+
+
 def test_step_rejects_bad_action(env):
     with pytest.raises(ValueError, match=r"shape \(7,\)"):
         env.step(np.zeros(ACTION_DIM + 1))
