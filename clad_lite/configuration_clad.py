@@ -31,6 +31,7 @@ FORESIGHTS = ("both", "proprio", "semantic", "none")
 SCHEDULES = ("linear", "cosine")
 RECON_SEMANTIC_TARGETS = ("film_target", "vision")
 FORESIGHT_NORMS = ("rms", "none")
+PREDICTIONS = ("epsilon", "sample")  # what the DDPM network outputs (clad_lite.ddpm.DDPM)
 # which weights of a training checkpoint a model is loaded with (``clad_lite.train.checkpoint_weights``)
 WEIGHTS = ("auto", "ema", "raw")
 
@@ -172,6 +173,8 @@ class PolicyConfig:
         it as is.
     diffusion_steps / schedule / clip_sample: the DDPM (eq. 1-4; the authors' code used 25
         steps, cosine schedule, predictions of a_0 clipped to [-1, 1]).
+    prediction: "epsilon" (eq. 22, the paper) or "sample": the network outputs the clean chunk
+        a^{t:t+tau} and is trained with ||a - a_theta(a_k, k, c)||^2 (diffusers' prediction_type).
     past_actions: also condition the epsilon-network on the executed actions a^{t-tau:t},
         encoded by an MLP e_a to obs_dim and appended to c (not the paper, whose policy reads
         them only through CLaD's foresight, eq. 7-8). A scripted demonstrator's action depends on
@@ -199,6 +202,7 @@ class PolicyConfig:
     schedule: str = "cosine"
     clip_sample: bool = True
     past_actions: bool = False
+    prediction: str = "epsilon"
 
     def __post_init__(self) -> None:
         _check(isinstance(self.past_actions, bool), "past_actions", self.past_actions, "must be a bool")
@@ -212,6 +216,7 @@ class PolicyConfig:
         _check_choice(self, "foresight", FORESIGHTS)
         _check_choice(self, "foresight_norm", FORESIGHT_NORMS)
         _check_choice(self, "schedule", SCHEDULES)
+        _check_choice(self, "prediction", PREDICTIONS)
         _check(isinstance(self.clip_sample, bool), "clip_sample", self.clip_sample,
                "must be a bool")
 

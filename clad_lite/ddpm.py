@@ -26,6 +26,11 @@ in the data range [-1, 1] as diffusion policies do for actions. Schedules:
   (Nichol & Dhariwal 2021; diffusers' "squaredcos_cap_v2").
 
 The same numbers as diffusers' ``DDPMScheduler`` (tests compare betas, abar and a step).
+
+``prediction="sample"`` (diffusers' ``prediction_type="sample"``; not the paper's eq. 2/22) trains the
+network to output x_0 itself, ||x_0 - x0_theta(x_t, t)||^2, and sampling turns that into the implied
+noise (``to_eps``). The epsilon loss weighs an error d in x_0 by abar_t / (1 - abar_t) (about 170 at the
+last of 25 cosine steps), the x_0 loss evenly across t.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+PREDICTIONS = ("epsilon", "sample")
 
 
 def _generator_device(generator: torch.Generator | None, device):
@@ -73,8 +79,11 @@ class DDPM(nn.Module):
     """
 
     def __init__(self, num_steps: int, schedule: str = "cosine", clip_sample: bool = True,
-                 clip_range: float = 1.0):
+                 clip_range: float = 1.0, prediction: str = "epsilon"):
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction={prediction!r}: must be one of {PREDICTIONS}")
+        self.prediction = prediction
         if not (isinstance(num_steps, int) and num_steps > 0):
             raise ValueError(f"num_steps={num_steps!r}: must be a positive int")
         if schedule == "linear":
@@ -93,7 +102,8 @@ class DDPM(nn.Module):
         self.register_buffer("alphas_cumprod", torch.cumprod(alphas, dim=0), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"num_steps={self.num_steps}, schedule={self.schedule!r}, clip_sample={self.clip_sample}"
+        return (f"num_steps={self.num_steps}, schedule={self.schedule!r}, clip_sample={self.clip_sample}, "
+                f"prediction={self.prediction!r}")
 
     @staticmethod
     def _expand(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -120,8 +130,17 @@ class DDPM(nn.Module):
         t = self.sample_timesteps(x0.shape[0], x0.device, generator)
         noise = torch.randn(x0.shape, dtype=x0.dtype, generator=generator,
                             device=_generator_device(generator, x0.device)).to(x0.device)
-        eps = eps_model(self.q_sample(x0, t, noise), t)
-        return F.mse_loss(eps.float(), noise.float(), reduction=reduction)
+        output = eps_model(self.q_sample(x0, t, noise), t)
+        target = noise if self.prediction == "epsilon" else x0
+        return F.mse_loss(output.float(), target.float(), reduction=reduction)
+
+    def to_eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's output as a noise prediction: itself for "epsilon"; for "sample" (a predicted
+        x_0) the noise that eq. 1 implies, eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)."""
+        if self.prediction == "epsilon":
+            return output
+        abar = self._expand(self.alphas_cumprod[t], x_t)
+        return (x_t - abar.sqrt() * output) / (1.0 - abar).sqrt()
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Invert eq. 1 with the predicted noise: x0_hat = (x_t - sqrt(1-abar_t) eps) / sqrt(abar_t)."""
@@ -172,6 +191,6 @@ class DDPM(nn.Module):
                         device=_generator_device(generator, device)).to(device)
         for t in reversed(range(self.num_steps)):
             steps = torch.full((shape[0],), t, device=x.device, dtype=torch.long)
-            eps = eps_model(x, steps).to(x.dtype)
+            eps = self.to_eps(eps_model(x, steps).to(x.dtype), x, steps)
             x = self.step(eps, steps, x, generator=generator)
         return x

@@ -84,7 +84,7 @@ class ForesightPolicy(nn.Module):
             self.e_a = MLP(c.horizon * c.action_dim, c.obs_hidden_dim, c.obs_dim, c.obs_layers)
             cond_dim += c.obs_dim
         self.eps_net = EpsilonNetwork(c, cond_dim)                                    # eq. 22
-        self.ddpm = DDPM(c.diffusion_steps, c.schedule, clip_sample=c.clip_sample)
+        self.ddpm = DDPM(c.diffusion_steps, c.schedule, clip_sample=c.clip_sample, prediction=c.prediction)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -53,6 +53,31 @@ def test_step_matches_diffusers(schedule, clip_sample):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("clip_sample", [True, False])
+def test_sample_prediction_matches_diffusers(clip_sample):
+    """prediction="sample": the network's x_0 turned into the implied noise gives diffusers' step for
+    prediction_type="sample"; the loss compares x_0, and an x_0 oracle has zero loss."""
+    T = 25
+    ours = DDPM(T, "cosine", clip_sample=clip_sample, prediction="sample")
+    ref = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=clip_sample,
+                                  clip_sample_range=1.0, prediction_type="sample", variance_type="fixed_small")
+    gen = torch.Generator().manual_seed(0)
+    x_t, x0_pred = 1.5 * torch.randn(4, 6, 7, generator=gen), torch.randn(4, 6, 7, generator=gen)
+    for t in (T - 1, 12, 1, 0):
+        steps = torch.full((4,), t)
+        expected = ref.step(x0_pred, t, x_t, generator=torch.Generator().manual_seed(t)).prev_sample
+        got = ours.step(ours.to_eps(x0_pred, x_t, steps), t, x_t, generator=torch.Generator().manual_seed(t))
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    x0 = torch.rand(8, 3) * 2 - 1
+    assert ours.loss(lambda x, k: x0, x0).item() == 0.0
+    assert ours.loss(lambda x, k: torch.zeros_like(x), x0).item() == pytest.approx(x0.pow(2).mean().item())
+    # sampling with a model that always says x0 ends at x0 (clipped into [-1, 1])
+    out = ours.sample(lambda x, k: x0.expand_as(x), (8, 3), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out, x0, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="prediction"):
+        DDPM(T, prediction="velocity")
+
+
 def test_step_without_clipping_is_eq3():
     ddpm = DDPM(25, "cosine", clip_sample=False)
     gen = torch.Generator().manual_seed(1)
