@@ -174,6 +174,10 @@ def _run_settings(results: dict) -> dict:
             "ema_decay": stage2.get("ema_decay", 0.0),
             # evaluations written before weights were recorded used the raw weights
             "weights": results.get("protocol", {}).get("weights", "raw"),
+            # how each executed chunk was drawn: the mean of N draws (eval --action-samples), and what the
+            # denoiser predicts (policy.prediction); files from before either field: one draw of an eps model
+            "action_samples": int(results.get("protocol", {}).get("action_samples", 1)),
+            "prediction": config.get("policy", {}).get("prediction", "epsilon"),
             "git": (results.get("provenance", {}).get("git_sha") or MISSING)[:7]}
 
 
@@ -187,7 +191,7 @@ def runs_table(runs: dict, profile_name: str) -> str:
     """One row per evaluated run (``{label: (results, source)}``, e.g. :func:`committed_runs`):
     its foresight, proprioception, vision source (the frozen encoder, or the privileged simulator state of
     ``clad_lite.state_oracle``) with the spacing of its training windows, stage-2 budget and weights read from
-    the file's provenance, the pooled success
+    the file's provenance, how each chunk was sampled (protocol), the pooled success
     with its Wilson interval and the successes per task. Rows by budget, then foresight."""
     from clad_lite.demos.windows import PROPRIO_MODES, proprio_dim
 
@@ -196,13 +200,15 @@ def runs_table(runs: dict, profile_name: str) -> str:
         s, pool = _run_settings(results), pooled(results)
         budget = f"{s['steps'] // 1000}K x {s['batch']}" if s["steps"] and s["batch"] else MISSING
         weights = f"EMA {s['ema_decay']:g}" if s["weights"] == "ema" else "raw"
+        sampling = ("x0-pred, " if s["prediction"] == "sample" else "") + (
+            f"mean of {s['action_samples']} draws" if s["action_samples"] > 1 else "1 draw")
         per_task = ",".join(str(int(t["successes"])) for t in sorted(results["per_task"], key=lambda t: t["task_id"]))
         rows.append(((s["steps"] or 0, s["foresight"] != "both", label),
                      [f"`{label}`", "CLaD" if s["foresight"] == "both" else s["foresight"],
                       f"{s['proprio']} ({proprio_dim(s['proprio'])}-D)" if s["proprio"] in PROPRIO_MODES else s["proprio"],
-                      _vision_label(s), budget, weights,
+                      _vision_label(s), budget, weights, sampling,
                       fmt_rate(pool["successes"], pool["episodes"], pool["ci95"]), per_task, s["git"]]))
-    headers = ["run", "foresight", "proprio", "vision (windows)", "stage 2 steps x batch", "weights", "avg. SR",
+    headers = ["run", "foresight", "proprio", "vision (windows)", "stage 2 steps x batch", "weights", "sampling", "avg. SR",
                "successes per task (0-9)", "git"]
     body = [row for _, row in sorted(rows, key=lambda r: r[0])]
     return markdown_table(headers, body) + _footer(profile_name, {label: src for label, (_, src) in runs.items()})
