@@ -358,7 +358,10 @@ def load_run(ckpt_path, encoder: str | None = None, need_encoder: bool = True) -
         raise _user_error(f"cannot load checkpoint {ckpt}: {error}") from error
     if checkpoint["stage"] != 2:
         raise _user_error(f"{ckpt} is a stage-{checkpoint['stage']} (CLaD) checkpoint; evaluate a stage-2 policy run")
-    profile = profile_from_dict(checkpoint["config"])
+    try:
+        profile = profile_from_dict(checkpoint["config"])
+    except ValueError as error:
+        raise _user_error(f"{ckpt}: {error}") from error
     run_info = {}
     if (run_dir / "run.json").is_file():
         run_info = json.loads((run_dir / "run.json").read_text())

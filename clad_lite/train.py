@@ -245,7 +245,12 @@ def load_training_data(profile, data_dir=None, cache_dir=None) -> TrainingData:
 
 # =========================================================================== config I/O
 def profile_from_dict(data: dict):
-    """Rebuild a ``Profile`` from ``Profile.to_dict()`` (e.g. a run's ``config.json``)."""
+    """Rebuild a ``Profile`` from ``Profile.to_dict()`` (e.g. a run's ``config.json``).
+
+    A key this code does not know (a checkpoint written by a newer clad_lite, e.g. one with
+    ``policy.prediction``) is an error, not silently dropped: dropping it would rebuild a different
+    model, e.g. read an x0-predicting network as a noise predictor, and roll out garbage.
+    """
     from clad_lite.config import Profile
 
     sections = {}
@@ -254,11 +259,12 @@ def profile_from_dict(data: dict):
             continue
         cls = typing.get_type_hints(Profile)[f.name]
         hints = typing.get_type_hints(cls)
-        values = {}
-        for key, value in data[f.name].items():
-            if key in hints:
-                values[key] = tuple(value) if typing.get_origin(hints[key]) is tuple else value
-        sections[f.name] = cls(**values)
+        unknown = sorted(set(data[f.name]) - set(hints))
+        if unknown:
+            raise ValueError(f"config keys {', '.join(f'{f.name}.{k}' for k in unknown)} are unknown to this "
+                             "clad_lite (written by another version?); run it with the version that wrote it")
+        sections[f.name] = cls(**{key: tuple(value) if typing.get_origin(hints[key]) is tuple else value
+                                  for key, value in data[f.name].items()})
     return Profile(data["name"], **sections)
 
 

@@ -359,3 +359,16 @@ def test_resume_accepts_a_run_saved_before_a_field_existed(tmp_path, data_dir):
     (tmp_path / "old" / "last.pt").unlink()
     os.link(path, tmp_path / "old" / "last.pt")
     assert train(ci(*sets), 2, tmp_path / "old", data_dir=data_dir, workers=0, progress=False, resume=True).step == 2
+
+
+def test_profile_from_dict_round_trip_and_unknown_keys():
+    """A saved config rebuilds the same profile; a key this code does not know is an error that names it
+    (silently dropping e.g. policy.prediction would roll out an x0 network as a noise predictor)."""
+    from clad_lite.train import profile_from_dict
+
+    profile = apply_overrides(get_profile("ci"), ["policy.prediction=sample", "data.tasks=0"])
+    saved = json.loads(json.dumps(profile.to_dict()))
+    assert profile_from_dict(saved) == profile
+    saved["policy"]["from_the_future"] = 1
+    with pytest.raises(ValueError, match=r"policy\.from_the_future"):
+        profile_from_dict(saved)
