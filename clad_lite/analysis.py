@@ -568,8 +568,7 @@ def evaluate_policy(policy, dataset, cameras, indices, clad=None, seed: int = 0,
         k = torch.randint(0, T, (len(a0),), generator=generator)
         noise = torch.randn(a0.shape, generator=generator)
         noisy = policy.ddpm.q_sample(a0, k, noise)
-        target = noise if policy.ddpm.prediction == "epsilon" else a0  # the training target of eq. 22
-        denoise = (policy.eps_net(noisy, k, cond) - target).pow(2).mean(dim=(1, 2))
+        denoise = (policy.eps_net(noisy, k, cond) - policy.ddpm.target(a0, noise)).pow(2).mean(dim=(1, 2))
         sampled = policy.sample_actions(batch, clad=clad_arg, generator=generator)
         for key, value in {"sampled": sampled, "demo": a0, "denoise": denoise, "k": k,
                            "chunk_mse": (sampled - a0).pow(2).mean(dim=(1, 2))}.items():

@@ -31,7 +31,7 @@ FORESIGHTS = ("both", "proprio", "semantic", "none")
 SCHEDULES = ("linear", "cosine")
 RECON_SEMANTIC_TARGETS = ("film_target", "vision")
 FORESIGHT_NORMS = ("rms", "none")
-PREDICTIONS = ("epsilon", "sample")  # what the DDPM network outputs (clad_lite.ddpm.DDPM)
+PREDICTIONS = ("epsilon", "sample")  # what the DDPM network outputs (clad_lite.ddpm.DDPM reads these)
 # which weights of a training checkpoint a model is loaded with (``clad_lite.train.checkpoint_weights``)
 WEIGHTS = ("auto", "ema", "raw")
 

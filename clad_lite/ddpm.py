@@ -42,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clad_lite.configuration_clad import PREDICTIONS
+
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-PREDICTIONS = ("epsilon", "sample")
 
 
 def _generator_device(generator: torch.Generator | None, device):
@@ -131,8 +132,12 @@ class DDPM(nn.Module):
         noise = torch.randn(x0.shape, dtype=x0.dtype, generator=generator,
                             device=_generator_device(generator, x0.device)).to(x0.device)
         output = eps_model(self.q_sample(x0, t, noise), t)
-        target = noise if self.prediction == "epsilon" else x0
-        return F.mse_loss(output.float(), target.float(), reduction=reduction)
+        return F.mse_loss(output.float(), self.target(x0, noise).float(), reduction=reduction)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network is trained to output for x_t = q_sample(x0, t, noise): the noise (eq. 2/22)
+        or, for prediction="sample", x0 itself."""
+        return noise if self.prediction == "epsilon" else x0
 
     def to_eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The network's output as a noise prediction: itself for "epsilon"; for "sample" (a predicted

@@ -251,7 +251,7 @@ def profile_from_dict(data: dict):
     ``policy.prediction``) is an error, not silently dropped: dropping it would rebuild a different
     model, e.g. read an x0-predicting network as a noise predictor, and roll out garbage.
     """
-    from clad_lite.config import Profile
+    from clad_lite.config import ConfigError, Profile
 
     sections = {}
     for f in dataclasses.fields(Profile):
@@ -261,7 +261,7 @@ def profile_from_dict(data: dict):
         hints = typing.get_type_hints(cls)
         unknown = sorted(set(data[f.name]) - set(hints))
         if unknown:
-            raise ValueError(f"config keys {', '.join(f'{f.name}.{k}' for k in unknown)} are unknown to this "
+            raise ConfigError(f"config keys {', '.join(f'{f.name}.{k}' for k in unknown)} are unknown to this "
                              "clad_lite (written by another version?); run it with the version that wrote it")
         sections[f.name] = cls(**{key: tuple(value) if typing.get_origin(hints[key]) is tuple else value
                                   for key, value in data[f.name].items()})

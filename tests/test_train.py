@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from clad_lite.cli import UserError, main as cli_main
-from clad_lite.config import apply_overrides, get_profile
+from clad_lite.config import ConfigError, apply_overrides, get_profile
 from clad_lite.demos import hdf5 as H
 from clad_lite.encoders.cache import CACHE_FORMAT
 from clad_lite.schedule import warmup_cosine
@@ -370,5 +370,5 @@ def test_profile_from_dict_round_trip_and_unknown_keys():
     saved = json.loads(json.dumps(profile.to_dict()))
     assert profile_from_dict(saved) == profile
     saved["policy"]["from_the_future"] = 1
-    with pytest.raises(ValueError, match=r"policy\.from_the_future"):
+    with pytest.raises(ConfigError, match=r"policy\.from_the_future"):
         profile_from_dict(saved)
