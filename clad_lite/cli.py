@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "clad_lite.expert.evaluate",
     "clad_lite.evaluate",
     "clad_lite.bench",
+    "clad_lite.compare",
     "clad_lite.pipeline",
 ]
 

@@ -706,16 +706,20 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = VIDEO_FPS) -> P
 
 # =========================================================================== results
 def summarise(records: list[dict], tasks: list[int], suite: str) -> tuple[list[dict], float]:
-    """Per-task successes / episodes / rate / Wilson ci95 and the average over tasks."""
+    """Per-task successes / episodes / rate / Wilson ci95 / ``episode_success`` (0/1 of episode 0, 1, ...,
+    so that two evaluations from the same init states pair: ``clad_lite.compare``) and the average
+    over tasks."""
     from clad_lite.sim import task_info
 
     per_task = []
     for task_id in tasks:
-        mine = [r for r in records if int(r["task_id"]) == task_id]
+        mine = sorted((r for r in records if int(r["task_id"]) == task_id), key=lambda r: int(r["episode"]))
         n, k = len(mine), sum(bool(r["success"]) for r in mine)
         lo, hi = wilson_interval(k, n)
         row = {"task_id": task_id, "instruction": task_info(suite, task_id).instruction, "successes": k,
                "episodes": n, "rate": k / n if n else None, "ci95": [lo, hi]}
+        if [int(r["episode"]) for r in mine] == list(range(n)):
+            row["episode_success"] = [int(bool(r["success"])) for r in mine]
         if goals := goal_counts(mine):
             row["goals"] = goals
         per_task.append(row)
@@ -987,6 +991,9 @@ def validate_results(results: dict) -> None:
             raise ValueError(f"per_task entry {task['task_id']} is inconsistent: {task}")
         if task["episodes"] and not lo - 1e-12 <= task["rate"] <= hi + 1e-12:
             raise ValueError(f"rate outside its interval in {task}")
+        outcomes = task.get("episode_success")
+        if outcomes is not None and (len(outcomes) != task["episodes"] or sum(outcomes) != task["successes"]):
+            raise ValueError(f"per_task entry {task['task_id']}: episode_success disagrees with successes/episodes")
 
 
 # =========================================================================== CLI

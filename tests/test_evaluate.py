@@ -209,6 +209,7 @@ def test_real_rollout_end_to_end(tmp_path):
     assert len(records) == 1
     record = records[0]
     assert record["steps"] == 30 or record["success"]
+    assert task["episode_success"] == [int(record["success"])]  # what clad_lite.compare pairs
     assert record["queries"] == 5 and record["env_steps"] == 40  # τ = 6: queries at 0, 6, ..., 24; 10 warm-up steps
     video = Path(record["video"])
     assert video.is_file() and video.stat().st_size > 1000 and video.suffix == ".mp4"
