@@ -837,6 +837,7 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
     from clad_lite.sim import MAX_EPISODE_STEPS, SUITES, suite_tasks
     from clad_lite.train import profile_from_dict
 
+    code_sha = git_sha()  # the commit of the code this process runs: read now, not after an hour of rollouts
     if protocol not in PROTOCOLS:
         raise _user_error(f"--protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if suite not in SUITES:
@@ -946,7 +947,7 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
         "suite": suite, "profile": profile.name, "protocol": protocol_info, "episodes_per_task": episodes,
         "per_task": per_task, "average": average,
         "provenance": {
-            "git_sha": git_sha(), "config": base["config"], "seed": seed,
+            "git_sha": code_sha, "config": base["config"], "seed": seed,
             "data": {**{k: v for k, v in base["data"].items() if k != "state_stats"},
                      "norm_stats": base["norm_stats_path"], "vision_source": profile.data.vision_source,
                      **({"state_stats": "run"} if base.get("state_stats") else {})},
