@@ -117,11 +117,26 @@ def table1(results: dict | None, profile_name: str, source: str | None = None) -
             + "\n\nPaper: † = 20 rollouts x top-3 checkpoints, ‡ = 50 rollouts, one checkpoint (percent).")
 
 
+def episode_pairs(results_a: dict, results_b: dict) -> list[tuple[bool, bool]] | None:
+    """(success in A, success in B) for every episode both results files ran from the same init
+    state (``per_task[i]["episode_success"]``), or None when they do not pair: a file without
+    per-episode successes, different init states, tasks or episode counts."""
+    if results_a.get("protocol", {}).get("init_states") != results_b.get("protocol", {}).get("init_states"):
+        return None
+    a = {int(t["task_id"]): t.get("episode_success") for t in results_a["per_task"]}
+    b = {int(t["task_id"]): t.get("episode_success") for t in results_b["per_task"]}
+    if set(a) != set(b) or any(a[k] is None or b[k] is None or len(a[k]) != len(b[k]) for k in a):
+        return None
+    return [(bool(x), bool(y)) for k in sorted(a) for x, y in zip(a[k], b[k])]
+
+
 def foresight_gain_table(clad: dict, baseline: dict, profile_name: str, sources: dict | None = None) -> str:
     """Per task: CLaD vs the policy-only baseline (same data and budget), and the difference.
 
     The gain is measured, not assumed: each rate carries its interval, and the pooled difference
-    is given with the (normal-approximation) 95% interval of a difference of two proportions.
+    is given with its 95% interval: paired by init state (Newcombe's interval, ``clad_lite.compare``)
+    when both files record each episode's success from the same init states, else the
+    normal-approximation interval of a difference of two independent proportions.
     """
     a = {int(t["task_id"]): t for t in clad["per_task"]}
     b = {int(t["task_id"]): t for t in baseline["per_task"]}
@@ -134,11 +149,18 @@ def foresight_gain_table(clad: dict, baseline: dict, profile_name: str, sources:
                      fmt_rate(tb["successes"], tb["episodes"], tb.get("ci95")) if tb else "not run", diff])
     pa, pb = pooled(clad), pooled(baseline)
     d = pa["rate"] - pb["rate"]
-    se = float(np.sqrt(pa["rate"] * (1 - pa["rate"]) / max(pa["episodes"], 1)
-                       + pb["rate"] * (1 - pb["rate"]) / max(pb["episodes"], 1)))
+    pairs = episode_pairs(baseline, clad)
+    if pairs is not None:
+        from clad_lite.compare import paired_counts
+
+        (lo, hi), how = paired_counts(pairs)["ci95"], " (paired)"
+    else:
+        se = float(np.sqrt(pa["rate"] * (1 - pa["rate"]) / max(pa["episodes"], 1)
+                           + pb["rate"] * (1 - pb["rate"]) / max(pb["episodes"], 1)))
+        (lo, hi), how = (d - 1.96 * se, d + 1.96 * se), ""
     rows.append(["Avg. SR", fmt_rate(pa["successes"], pa["episodes"], pa["ci95"]),
                  fmt_rate(pb["successes"], pb["episodes"], pb["ci95"]),
-                 f"{100 * d:+.1f} [{100 * (d - 1.96 * se):+.1f}, {100 * (d + 1.96 * se):+.1f}]"])
+                 f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{how}"])
     headers = ["task", f"CLaD ({profile_name})", f"policy only ({profile_name})", "difference (points)"]
     return markdown_table(headers, rows) + _footer(profile_name, sources or {})
 

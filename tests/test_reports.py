@@ -31,6 +31,19 @@ def test_foresight_gain_table():
     assert "| +50 |" in lines[2] and "| +50 |" in lines[3]  # 2/2 vs 1/2 and 1/2 vs 0/2
     # pooled 3/4 vs 1/4: +50 points, se = sqrt(2 * 0.75 * 0.25 / 4) = 0.306 -> [-10.0, +110.0]
     assert "+50.0 [-10.0, +110.0]" in text and "a.json" in text
+    # with each episode's success from the same init states the interval is paired (clad_lite.compare)
+    clad, base = _results((2, 1), n=2), _results((1, 0), n=2)
+    for results, outcomes in ((clad, ([1, 1], [1, 0])), (base, ([1, 0], [0, 0]))):
+        for task, episode_success in zip(results["per_task"], outcomes):
+            task["episode_success"] = episode_success
+    assert reports.episode_pairs(base, clad) == [(True, True), (False, True), (False, True), (False, False)]
+    from clad_lite.compare import newcombe_paired_interval
+
+    lo, hi = newcombe_paired_interval(both=1, only_a=0, only_b=2, neither=1)
+    assert f"+50.0 [{100 * lo:+.1f}, {100 * hi:+.1f}] (paired)" in reports.foresight_gain_table(clad, base, "cpu")
+    base["protocol"] = {"init_states": "episode i starts from training demo i"}
+    assert reports.episode_pairs(base, clad) is None  # different starts: unpaired again
+    assert "(paired)" not in reports.foresight_gain_table(clad, base, "cpu")
 
 
 def test_runs_table_reads_settings_from_provenance(tmp_path):
