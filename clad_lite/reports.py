@@ -199,7 +199,10 @@ def _run_settings(results: dict) -> dict:
             # how each executed chunk was drawn: the mean of N draws (eval --action-samples), and what the
             # denoiser predicts (policy.prediction); files from before either field: one draw of an eps model
             "action_samples": int(results.get("protocol", {}).get("action_samples", 1)),
+            "gripper_hysteresis": results.get("protocol", {}).get("gripper_hysteresis"),
             "prediction": config.get("policy", {}).get("prediction", "epsilon"),
+            # the policy also reads its past actions a^{t-tau:t} (policy.past_actions; not the paper)
+            "past_actions": bool(config.get("policy", {}).get("past_actions", False)),
             "git": (results.get("provenance", {}).get("git_sha") or MISSING)[:7]}
 
 
@@ -223,10 +226,12 @@ def runs_table(runs: dict, profile_name: str) -> str:
         budget = f"{s['steps'] // 1000}K x {s['batch']}" if s["steps"] and s["batch"] else MISSING
         weights = f"EMA {s['ema_decay']:g}" if s["weights"] == "ema" else "raw"
         sampling = ("x0-pred, " if s["prediction"] == "sample" else "") + (
-            f"mean of {s['action_samples']} draws" if s["action_samples"] > 1 else "1 draw")
+            f"mean of {s['action_samples']} draws" if s["action_samples"] > 1 else "1 draw") + (
+            f", gripper latch {s['gripper_hysteresis']:g}" if s["gripper_hysteresis"] is not None else "")
         per_task = ",".join(str(int(t["successes"])) for t in sorted(results["per_task"], key=lambda t: t["task_id"]))
         rows.append(((s["steps"] or 0, s["foresight"] != "both", label),
-                     [f"`{label}`", "CLaD" if s["foresight"] == "both" else s["foresight"],
+                     [f"`{label}`", ("CLaD" if s["foresight"] == "both" else s["foresight"])
+                      + (" + past actions" if s["past_actions"] else ""),
                       f"{s['proprio']} ({proprio_dim(s['proprio'])}-D)" if s["proprio"] in PROPRIO_MODES else s["proprio"],
                       _vision_label(s), budget, weights, sampling,
                       fmt_rate(pool["successes"], pool["episodes"], pool["ci95"]), per_task, s["git"]]))

@@ -52,13 +52,16 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     folder = tmp_path / "figures" / "results"
     folder.mkdir(parents=True)
 
-    def write(name, ks, foresight, steps, weights=None, proprio=None, data=None, samples=None, prediction=None):
-        policy = dict({"foresight": foresight}, **({"prediction": prediction} if prediction else {}))
+    def write(name, ks, foresight, steps, weights=None, proprio=None, data=None, samples=None, prediction=None,
+              past_actions=None, latch=None):
+        policy = dict({"foresight": foresight}, **({"prediction": prediction} if prediction else {}),
+                      **({"past_actions": past_actions} if past_actions is not None else {}))
         config = {"policy": policy, "stage2": {"steps": steps, "batch_size": 64, "ema_decay": 0.999}}
         if proprio or data:
             config["data"] = dict(data or {}, **({"proprio": proprio} if proprio else {}))
         results = dict(_results(ks, n=10), profile="cpu", provenance={"git_sha": "0123456789abc", "config": config})
-        protocol = dict({"weights": weights} if weights else {}, **({"action_samples": samples} if samples else {}))
+        protocol = dict({"weights": weights} if weights else {}, **({"action_samples": samples} if samples else {}),
+                        **({"gripper_hysteresis": latch} if latch else {}))
         if protocol:
             results["protocol"] = protocol
         (folder / f"libero_10_cpu{name}.json").write_text(json.dumps(results))
@@ -70,11 +73,12 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     write("_stage2_20k_state_oracle", (9, 8), "none", 20_000, data={"vision_source": "sim_state", "image_stride": 1})
     write("_stage2_40k_mean8", (6, 4), "both", 40_000, "raw", samples=8)
     write("_stage2_40k_x0", (7, 4), "both", 40_000, samples=8, prediction="sample")
+    write("_stage2_40k_x0_past", (3, 4), "both", 40_000, prediction="sample", past_actions=True, latch=0.5)
     (folder / "libero_10_cpu_pipeline.json").write_text(json.dumps({"steps": []}))  # not an evaluation
     (folder / "libero_10_ci.json").write_text(json.dumps(dict(_results(), profile="ci")))  # another profile
     runs = reports.committed_runs("cpu", root=tmp_path)
     assert list(runs) == ["main", "policy_only", "stage2_20k_eef", "stage2_20k_state_oracle", "stage2_40k_ema",
-                          "stage2_40k_mean8", "stage2_40k_x0"]
+                          "stage2_40k_mean8", "stage2_40k_x0", "stage2_40k_x0_past"]
     lines = reports.runs_table(runs, "cpu").splitlines()
     # a file without data.proprio / vision_source in its provenance predates the field: the paper's
     # 16-D vector and the encoder; without action_samples / prediction, one draw of an eps model
@@ -85,6 +89,7 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     assert "`stage2_40k_ema` | CLaD | paper (16-D) | encoder | 40K x 64 | EMA 0.999 | 1 draw | 40.0%" in lines[6] and "| 5,3 |" in lines[6]
     assert "`stage2_40k_mean8` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | mean of 8 draws | 50.0%" in lines[7]
     assert "`stage2_40k_x0` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, mean of 8 draws | 55.0%" in lines[8]
+    assert "`stage2_40k_x0_past` | CLaD + past actions | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, gripper latch 0.5 | 35.0%" in lines[9]
 
 
 def test_modality_figure_with_zero_and_full_success():
