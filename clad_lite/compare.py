@@ -71,6 +71,19 @@ def paired_counts(pairs: list[tuple[bool, bool]]) -> dict:
             "mcnemar_p": mcnemar_exact_p(only_a, only_b)}
 
 
+def recorded_outcomes(results: dict) -> dict[tuple[int, int], bool]:
+    """results.json -> ``{(task_id, episode): success}`` from ``per_task[i]["episode_success"]``; tasks
+    whose per-episode successes were not recorded contribute nothing."""
+    return {(int(task["task_id"]), episode): bool(success) for task in results.get("per_task", [])
+            for episode, success in enumerate(task.get("episode_success") or [])}
+
+
+def same_init_states(results_a: dict, results_b: dict) -> bool:
+    """Whether two evaluations started their episodes from the same states (``protocol.init_states``),
+    the condition for pairing their episodes by (task, episode)."""
+    return results_a.get("protocol", {}).get("init_states") == results_b.get("protocol", {}).get("init_states")
+
+
 def load_evaluation(path) -> tuple[dict, list[dict]]:
     """An eval directory or a results.json file -> (results, episode records).
 
@@ -91,8 +104,8 @@ def load_evaluation(path) -> tuple[dict, list[dict]]:
     if path.suffix != ".json" and episodes_path.is_file():
         records = read_episode_log(episodes_path, repair=False)
     else:
-        records = [{"task_id": task["task_id"], "episode": episode, "success": bool(success)}
-                   for task in results.get("per_task", []) for episode, success in enumerate(task.get("episode_success", []))]
+        records = [{"task_id": task, "episode": episode, "success": success}
+                   for (task, episode), success in recorded_outcomes(results).items()]
     if not records:
         raise _user_error(f"no episode outcomes in {results_path.parent}: neither {EPISODES_NAME} nor per-episode "
                           "successes in results.json (written by evaluations before they were recorded)")
@@ -111,9 +124,8 @@ def compare(path_a, path_b) -> dict:
     results_b, records_b = load_evaluation(path_b)
     if results_a.get("suite") != results_b.get("suite"):
         raise _user_error(f"different suites: {path_a} is {results_a.get('suite')!r}, {path_b} is {results_b.get('suite')!r}")
-    init_a = results_a.get("protocol", {}).get("init_states")
-    init_b = results_b.get("protocol", {}).get("init_states")
-    if init_a != init_b:
+    if not same_init_states(results_a, results_b):
+        init_a, init_b = (r.get("protocol", {}).get("init_states") for r in (results_a, results_b))
         raise _user_error(f"the evaluations start from different states, so their episodes do not pair:\n"
                           f"  {path_a}: {init_a}\n  {path_b}: {init_b}")
     outcome_a = {(int(r["task_id"]), int(r["episode"])): bool(r["success"]) for r in records_a}

@@ -121,13 +121,16 @@ def episode_pairs(results_a: dict, results_b: dict) -> list[tuple[bool, bool]] |
     """(success in A, success in B) for every episode both results files ran from the same init
     state (``per_task[i]["episode_success"]``), or None when they do not pair: a file without
     per-episode successes, different init states, tasks or episode counts."""
-    if results_a.get("protocol", {}).get("init_states") != results_b.get("protocol", {}).get("init_states"):
+    from clad_lite.compare import recorded_outcomes, same_init_states
+
+    if not same_init_states(results_a, results_b):
         return None
-    a = {int(t["task_id"]): t.get("episode_success") for t in results_a["per_task"]}
-    b = {int(t["task_id"]): t.get("episode_success") for t in results_b["per_task"]}
-    if set(a) != set(b) or any(a[k] is None or b[k] is None or len(a[k]) != len(b[k]) for k in a):
+    a, b = recorded_outcomes(results_a), recorded_outcomes(results_b)
+    tasks = {int(t["task_id"]) for t in results_a["per_task"]}
+    # every task of both files must have its episodes recorded, with the same counts
+    if not a or a.keys() != b.keys() or {task for task, _ in a} != tasks:
         return None
-    return [(bool(x), bool(y)) for k in sorted(a) for x, y in zip(a[k], b[k])]
+    return [(a[key], b[key]) for key in sorted(a)]
 
 
 def foresight_gain_table(clad: dict, baseline: dict, profile_name: str, sources: dict | None = None) -> str:
