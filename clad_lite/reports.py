@@ -203,6 +203,9 @@ def _run_settings(results: dict) -> dict:
             # denoiser predicts (policy.prediction); files from before either field: one draw of an eps model
             "action_samples": int(results.get("protocol", {}).get("action_samples", 1)),
             "gripper_hysteresis": results.get("protocol", {}).get("gripper_hysteresis"),
+            # a query every q < tau steps executes only the first q actions of each chunk (eval --query-every)
+            "query_every": results.get("protocol", {}).get("query_every"),
+            "replan_every": results.get("protocol", {}).get("replan_every"),
             "prediction": config.get("policy", {}).get("prediction", "epsilon"),
             # the policy also reads its past actions a^{t-tau:t} (policy.past_actions; not the paper)
             "past_actions": bool(config.get("policy", {}).get("past_actions", False)),
@@ -230,7 +233,8 @@ def runs_table(runs: dict, profile_name: str) -> str:
         weights = f"EMA {s['ema_decay']:g}" if s["weights"] == "ema" else "raw"
         sampling = ("x0-pred, " if s["prediction"] == "sample" else "") + (
             f"mean of {s['action_samples']} draws" if s["action_samples"] > 1 else "1 draw") + (
-            f", gripper latch {s['gripper_hysteresis']:g}" if s["gripper_hysteresis"] is not None else "")
+            f", gripper latch {s['gripper_hysteresis']:g}" if s["gripper_hysteresis"] is not None else "") + (
+            f", query every {s['query_every']}" if s["query_every"] not in (None, s["replan_every"]) else "")
         per_task = ",".join(str(int(t["successes"])) for t in sorted(results["per_task"], key=lambda t: t["task_id"]))
         rows.append(((s["steps"] or 0, s["foresight"] != "both", label),
                      [f"`{label}`", ("CLaD" if s["foresight"] == "both" else s["foresight"])
