@@ -58,6 +58,11 @@ def _check(condition: bool, message: str):
         raise ConfigError(message)
 
 
+# data.expert_motion -> the scripted expert's factory (``generate --policy``); the keys are
+# clad_lite.expert.primitives.MOTIONS (this module stays free of the simulator's imports)
+EXPERT_FACTORIES = {"min_jerk": "clad_lite.expert:make_expert", "feedback": "clad_lite.expert:make_feedback_expert"}
+
+
 def _positive(section: str, **values):
     for name, value in values.items():
         _check(isinstance(value, (int, float)) and value > 0, f"{section}.{name} must be > 0, got {value!r}")
@@ -82,6 +87,11 @@ class DataConfig:
     ``success_hold``: steps the expert goes on acting after success first holds (demos end when
     it has held ``success_hold`` + 1 steps in a row, as in robosuite's collectors, which use 10);
     0 = stop at the first success (clad_lite.demos.generate).
+
+    ``expert_motion``: how the scripted expert moves (clad_lite.expert.primitives.MOTIONS):
+    ``"min_jerk"`` carrots in time, at a random tempo, with random pauses (the default, the data
+    of every earlier run), or ``"feedback"``: Markovian state-feedback motions, so that every arm
+    action follows from the state and the goal, as behaviour cloning assumes.
     """
 
     suite: str = "libero_10"
@@ -94,6 +104,7 @@ class DataConfig:
     vision_source: str = "encoder"
     action_noise: float = 0.0
     success_hold: int = 0
+    expert_motion: str = "min_jerk"
     root: str = "data"
     workers: int = 2
     seed: int = 0
@@ -115,8 +126,15 @@ class DataConfig:
         _check(isinstance(self.success_hold, int) and self.success_hold >= 0,
                f"data.success_hold must be an integer >= 0, got {self.success_hold!r}")
         _check(0.0 <= self.action_noise <= 1.0, f"data.action_noise must be in [0, 1], got {self.action_noise}")
+        _check(self.expert_motion in EXPERT_FACTORIES,
+               f"data.expert_motion must be one of {tuple(EXPERT_FACTORIES)}, got {self.expert_motion!r}")
         _check(self.vision_source in VISION_SOURCES,
                f"data.vision_source must be one of {VISION_SOURCES}, got {self.vision_source!r}")
+
+    @property
+    def expert_policy(self) -> str:
+        """The ``generate --policy`` factory of ``expert_motion``."""
+        return EXPERT_FACTORIES[self.expert_motion]
 
     @property
     def proprio_dim(self) -> int:

@@ -90,7 +90,7 @@ _NOT_CONTENT = {"data": ("workers",), "encoder": ("threads", "save_every", "log_
 # fields added after runs were stamped: at this value they change nothing that was made, so they
 # are left out of the fingerprint (older stamps, which lack them, still match)
 _OMIT_AT = {"stage1": {"ema_decay": 0.0}, "stage2": {"ema_decay": 0.0},
-            "data": {"vision_source": "encoder", "action_noise": 0.0, "success_hold": 0},
+            "data": {"vision_source": "encoder", "action_noise": 0.0, "success_hold": 0, "expert_motion": "min_jerk"},
             "eval": {"action_samples": 1}}
 
 
@@ -307,12 +307,14 @@ class Pipeline:
             return False, "other image size"
         if config.get("suite") != d.suite or config.get("seed") != d.seed:
             return False, "other suite or seed"
-        from clad_lite.demos.generate import _FINGERPRINT_DEFAULTS
+        from clad_lite.demos.generate import _FINGERPRINT_DEFAULTS, DEFAULT_POLICY
 
         for key in ("action_noise", "success_hold"):  # summaries from before an option: made at its default
             made = config.get(key, _FINGERPRINT_DEFAULTS[key])
             if made != getattr(d, key):
                 return False, f"demonstrations made with {key.replace('_', ' ')} {made}, the profile wants {getattr(d, key)}"
+        if config.get("policy", DEFAULT_POLICY) != d.expert_policy:
+            return False, f"demonstrations made by {config.get('policy', DEFAULT_POLICY)}, the profile wants {d.expert_policy}"
         if config.get("image_stride", 1) != d.image_stride and not self.oracle:  # the oracle reads no image
             return False, f"images rendered with stride {config.get('image_stride', 1)}, the profile wants {d.image_stride}"
         rows = {row["task_id"]: row for row in summary.get("tasks", [])}
@@ -352,6 +354,7 @@ class Pipeline:
                                           out=str(self.data_dir), workers=d.workers, image_size=d.image_size,
                                           image_stride=d.image_stride, render=not self.oracle,
                                           action_noise=d.action_noise, success_hold=d.success_hold,
+                                          policy=d.expert_policy,
                                           seed=d.seed, progress=self.progress))
         empty = [r["task_id"] for r in summary["tasks"] if r["demos"] == 0]
         if empty:

@@ -42,6 +42,18 @@ def test_sections_validate_values():
         DataConfig(action_noise=1.5)
     with pytest.raises(ConfigError, match="data.success_hold must be"):
         DataConfig(success_hold=-1)
+    with pytest.raises(ConfigError, match="data.expert_motion must be one of"):
+        DataConfig(expert_motion="spline")
+
+
+def test_expert_motions_name_the_expert_factories():
+    from clad_lite.config import EXPERT_FACTORIES
+    from clad_lite.demos.generate import DEFAULT_POLICY, resolve_policy
+    from clad_lite.expert.primitives import MOTIONS
+
+    assert tuple(EXPERT_FACTORIES) == MOTIONS
+    assert DataConfig().expert_policy == DEFAULT_POLICY  # the default keeps every earlier data set valid
+    assert all(callable(resolve_policy(DataConfig(expert_motion=m).expert_policy)) for m in MOTIONS)
 
 
 def test_overrides_are_typed_and_validated():

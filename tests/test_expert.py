@@ -73,6 +73,64 @@ def test_min_jerk_and_interpolation():
     assert motion_steps([0, 0, 0], R_DOWN, [0.2, 0, 0], R_DOWN, 0.02, 0.1) == int(np.ceil(1.875 * 10))
 
 
+class _LaggingHand:
+    """A stand-in for ``primitives.Scene``: a hand that covers half its distance to the commanded
+    carrot each step (the OSC's lag), with the Scene's action bookkeeping."""
+
+    def __init__(self, motion, pos=(0.0, 0.0, 1.0)):
+        from clad_lite.expert.primitives import Scene
+
+        self.motion, self.eef_pos, self.eef_R = motion, np.asarray(pos, dtype=float), R_DOWN.copy()
+        self.goal_pos = self.goal_R = None
+        self.grip, self.tempo, self.rng = -1.0, 1.0, np.random.default_rng(0)
+        self.speed = lambda base: Scene.speed(self, base)
+        self._action = lambda pos, R, grip=None: Scene.action(self, pos, R, grip)
+
+    def action(self, pos, R, grip=None):
+        delta = self._action(pos, R, grip)
+        self.eef_pos = self.eef_pos + 0.5 * delta[:3] * POS_SCALE
+        self.eef_R = rotvec_to_mat(0.5 * delta[3:6] * ROT_SCALE) @ self.eef_R
+        return delta
+
+
+def _drive(motion, goal, pos=(0.0, 0.0, 1.0), R=None):
+    from clad_lite.expert.primitives import move
+
+    hand = _LaggingHand(motion, pos)
+    states, actions = [], []
+    for action in move(hand, goal, R, speed=0.02, tol=0.005):
+        actions.append(action)
+        states.append(hand.eef_pos.copy())  # the state the next action is chosen from
+    return hand, np.array(states), np.array(actions)
+
+
+def test_feedback_motion_is_markovian_and_min_jerk_is_not():
+    goal = np.array([0.3, 0.0, 1.0])
+    hand, states, actions = _drive("feedback", goal, R=rot_z(0.3) @ R_DOWN)
+    assert np.linalg.norm(hand.eef_pos - goal) < 0.005 and np.allclose(hand.goal_pos, goal)
+    assert np.abs(actions[:, :3]).max() <= 2.0 * 0.02 / POS_SCALE + 1e-9  # the carrot leads by LEAD_STEPS x speed
+    # restarted from a state it passed through, the feedback expert repeats what it did there
+    k = len(states) // 3
+    _, _, again = _drive("feedback", goal, pos=states[k], R=rot_z(0.3) @ R_DOWN)
+    assert np.allclose(again[0, :3], actions[k + 1, :3])
+    # the min-jerk expert starts over: its action there depended on the time already spent moving
+    _, states_mj, actions_mj = _drive("min_jerk", goal)
+    k = len(states_mj) // 3
+    _, _, again_mj = _drive("min_jerk", goal, pos=states_mj[k])
+    assert not np.allclose(again_mj[0, :3], actions_mj[k + 1, :3], atol=0.05)
+
+
+def test_feedback_motion_has_no_random_pause_or_tempo():
+    from clad_lite.expert.primitives import pause
+
+    hand = _LaggingHand("feedback")
+    assert list(pause(hand, 3)) == [] and hand.speed(0.02) == 0.02
+    with pytest.raises(ValueError, match="motion must be one of"):
+        from clad_lite.expert.primitives import Scene
+
+        Scene(SimpleNamespace(robosuite_env=None, sim=None), np.random.default_rng(0), motion="spline")
+
+
 def test_unsupported_task_raises_clear_error():
     from clad_lite.expert import UnsupportedTaskError, make_expert
 
@@ -92,13 +150,13 @@ def book_env():
     env.close()
 
 
-def _rollout(env, init_index, seed, max_steps):
+def _rollout(env, init_index, seed, max_steps, motion="min_jerk"):
     from clad_lite.expert import make_expert
     from clad_lite.sim import settle
 
     env.reset_to_init_state(init_index)
     obs = settle(env)
-    expert = make_expert(env, np.random.default_rng(seed))
+    expert = make_expert(env, np.random.default_rng(seed), motion)
     actions = []
     for _ in range(max_steps):
         action = expert.act(obs)
@@ -127,3 +185,9 @@ def test_same_seed_same_actions(book_env):
     _, a3 = _rollout(book_env, 1, seed=8, max_steps=40)
     assert np.allclose(a1, a2)
     assert not np.allclose(a1, a3)  # a different seed gives a different demonstration
+
+
+def test_feedback_expert_also_solves_the_book_task(book_env):
+    ok, actions = _rollout(book_env, 0, seed=0, max_steps=505, motion="feedback")
+    assert ok, "the feedback expert should put the book into the caddy from init state 0"
+    assert 60 < len(actions) < 505

@@ -246,6 +246,8 @@ def test_data_made_without_noise_do_not_serve_a_noisy_profile(first_run):
         new_pipeline(root, "data.action_noise=0.1").data()
     complete, why = new_pipeline(root, "data.success_hold=10")._data_complete()
     assert not complete and "success hold 0" in why and "wants 10" in why
+    complete, why = new_pipeline(root, "data.expert_motion=feedback")._data_complete()
+    assert not complete and "make_expert" in why and "wants clad_lite.expert:make_feedback_expert" in why
 
 
 def test_bad_input_is_a_user_error(tmp_path, one_thread, capsys):

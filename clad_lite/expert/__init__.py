@@ -25,7 +25,7 @@ class UnsupportedTaskError(ValueError):
 
 
 class ScriptedExpert:
-    def __init__(self, env, rng: np.random.Generator):
+    def __init__(self, env, rng: np.random.Generator, motion: str = "min_jerk"):
         task = env.task
         if task.task_id not in SUPPORTED.get(task.suite, ()):
             raise UnsupportedTaskError(
@@ -33,7 +33,7 @@ class ScriptedExpert:
                 f"supported: {SUPPORTED}"
             )
         self.env = env
-        self.scene = Scene(env, rng)
+        self.scene = Scene(env, rng, motion)
         self._plan = None
         self.done = False
         self.steps = 0
@@ -55,8 +55,14 @@ class ScriptedExpert:
         return sc.action(sc.goal_pos, sc.goal_R)
 
 
-def make_expert(env, rng: np.random.Generator) -> ScriptedExpert:
-    return ScriptedExpert(env, rng)
+def make_expert(env, rng: np.random.Generator, motion: str = "min_jerk") -> ScriptedExpert:
+    return ScriptedExpert(env, rng, motion)
 
 
-__all__ = ["SUPPORTED", "ScriptedExpert", "UnsupportedTaskError", "make_expert"]
+def make_feedback_expert(env, rng: np.random.Generator) -> ScriptedExpert:
+    """The expert with Markovian, state-feedback motions (``primitives.MOTIONS``), as a
+    ``generate --policy clad_lite.expert:make_feedback_expert`` factory."""
+    return ScriptedExpert(env, rng, "feedback")
+
+
+__all__ = ["SUPPORTED", "ScriptedExpert", "UnsupportedTaskError", "make_expert", "make_feedback_expert"]

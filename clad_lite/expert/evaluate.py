@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .primitives import MOTIONS
+
 SETTLE = 15
 
 
@@ -33,7 +35,7 @@ def parse_tasks(spec: str) -> list[int]:
     return out
 
 
-def run_episode(env, init_index: int, seed: int, max_steps: int) -> tuple[bool, int]:
+def run_episode(env, init_index: int, seed: int, max_steps: int, motion: str = "min_jerk") -> tuple[bool, int]:
     """One evaluation episode; returns (success, length in steps including settling)."""
     from clad_lite.sim import settle
 
@@ -41,7 +43,7 @@ def run_episode(env, init_index: int, seed: int, max_steps: int) -> tuple[bool, 
 
     env.reset_to_init_state(init_index)
     obs = settle(env, SETTLE)
-    expert = make_expert(env, np.random.default_rng(seed))
+    expert = make_expert(env, np.random.default_rng(seed), motion)
     steps = SETTLE
     while steps < max_steps:
         obs, _, _, _ = env.step(expert.act(obs))
@@ -53,14 +55,15 @@ def run_episode(env, init_index: int, seed: int, max_steps: int) -> tuple[bool, 
     return False, steps
 
 
-def eval_task(suite: str, task_id: int, indices: list[int], seed: int, progress=None) -> list[tuple[int, bool, int]]:
+def eval_task(suite: str, task_id: int, indices: list[int], seed: int, progress=None,
+              motion: str = "min_jerk") -> list[tuple[int, bool, int]]:
     from clad_lite.sim import MAX_EPISODE_STEPS, LiberoEnv
 
     env = LiberoEnv(suite, task_id, render=False)
     try:
         results = []
         for i in indices:
-            ok, n = run_episode(env, i, seed * 100_003 + task_id * 1000 + i, MAX_EPISODE_STEPS[suite])
+            ok, n = run_episode(env, i, seed * 100_003 + task_id * 1000 + i, MAX_EPISODE_STEPS[suite], motion)
             results.append((i, ok, n))
             if progress is not None:
                 progress(1)
@@ -70,8 +73,8 @@ def eval_task(suite: str, task_id: int, indices: list[int], seed: int, progress=
 
 
 def _worker(job):
-    suite, task_id, indices, seed = job
-    return task_id, eval_task(suite, task_id, indices, seed)
+    suite, task_id, indices, seed, motion = job
+    return task_id, eval_task(suite, task_id, indices, seed, motion=motion)
 
 
 def summarize(per_task: dict[int, list[tuple[int, bool, int]]], suite: str) -> dict:
@@ -117,7 +120,7 @@ def main(args) -> int:
 
             # split each task's init states into chunks so that workers stay busy
             chunks = max(1, min(len(indices), -(-args.workers * 2 // len(tasks))))
-            jobs = [(args.suite, t, indices[k::chunks], args.seed) for t in tasks for k in range(chunks)]
+            jobs = [(args.suite, t, indices[k::chunks], args.seed, args.motion) for t in tasks for k in range(chunks)]
             jobs = [j for j in jobs if j[2]]
             with spawn_context().Pool(args.workers) as pool:
                 for t, rows in pool.imap_unordered(_worker, jobs):
@@ -125,12 +128,13 @@ def main(args) -> int:
                     bar.update(len(rows))
         else:
             for t in tasks:
-                per_task[t] = eval_task(args.suite, t, indices, args.seed, progress=bar.update)
+                per_task[t] = eval_task(args.suite, t, indices, args.seed, progress=bar.update, motion=args.motion)
     summary = summarize(per_task, args.suite)
     print_table(summary)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         payload = {"suite": args.suite, "episodes": args.episodes, "start": args.start, "seed": args.seed,
+                   "motion": args.motion,
                    "seconds": round(time.time() - t0, 1), "tasks": summary}
         Path(args.json).write_text(json.dumps(payload, indent=2))
         print(f"wrote {args.json}")
@@ -146,5 +150,7 @@ def register(subparsers) -> None:
     p.add_argument("--start", type=int, default=0, help="first init state index")
     p.add_argument("--seed", type=int, default=0, help="seed of the expert's randomisation")
     p.add_argument("--workers", type=int, default=1, help="parallel simulator processes (spawn)")
+    p.add_argument("--motion", choices=MOTIONS, default="min_jerk",
+                   help="how the expert moves: min-jerk carrots in time (default) or Markovian state feedback")
     p.add_argument("--json", default=None, help="write per-task results to this JSON file")
     p.set_defaults(func=main)

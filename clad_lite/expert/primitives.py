@@ -16,11 +16,13 @@ from .control import (
     GRIPPER_OPEN,
     gripper_down,
     interpolate_pose,
+    axis_angle,
     min_jerk,
     motion_steps,
     pose_to_delta,
     quat_wxyz_to_mat,
     quat_xyzw_to_mat,
+    rotvec_to_mat,
 )
 
 # nominal peak speeds (randomised per motion by the scene's speed factor)
@@ -28,11 +30,25 @@ FAST = 0.026  # m/step free-space motion (0.44 m/s at 20 Hz)
 SLOW = 0.012  # m/step near contacts
 ROT_SPEED = 0.08  # rad/step
 
+# How the expert moves between two poses (``Scene.motion``):
+#   "min_jerk": a carrot slides along a min-jerk path in time, at a tempo drawn per episode and per
+#       motion, with short random pauses: smooth and varied, but the action at a state depends on
+#       how long the current motion has run, which the state does not show (the policy cannot either);
+#   "feedback": the carrot leads the hand by a fixed distance on the straight line to the goal and
+#       stops at the goal, at the nominal speeds, without pauses: every arm action is a function of
+#       the state and the goal alone (a Markovian demonstrator, as behaviour cloning assumes).
+MOTIONS = ("min_jerk", "feedback")
+LEAD_STEPS = 2.0  # feedback: the carrot leads the hand by this many steps of peak speed
+ROT_TOL = 0.05  # rad: feedback motions end when the orientation is this close too
+
 
 class Scene:
     """Privileged view of a LiberoEnv plus the expert's running state (goal pose, gripper)."""
 
-    def __init__(self, env, rng: np.random.Generator):
+    def __init__(self, env, rng: np.random.Generator, motion: str = "min_jerk"):
+        if motion not in MOTIONS:
+            raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}")
+        self.motion = motion
         self.env = env
         self.problem = env.robosuite_env
         self.sim = env.sim
@@ -43,6 +59,8 @@ class Scene:
         self.goal_R: np.ndarray | None = None
         # one speed factor per episode plus a small per-motion jitter: diverse demonstrations
         self.tempo = float(rng.uniform(0.85, 1.15))
+        if motion == "feedback":  # the speed must follow from the state: no hidden tempo
+            self.tempo = 1.0
 
     # ------------------------------------------------------------------ robot state
     @property
@@ -122,6 +140,8 @@ class Scene:
         return bool(self.problem.check_contact(self.problem.get_object(a), self.problem.get_object(b)))
 
     def speed(self, base: float) -> float:
+        if self.motion == "feedback":
+            return base
         return base * self.tempo * float(self.rng.uniform(0.9, 1.1))
 
     def jitter(self, scale: float, dims: int = 3) -> np.ndarray:
@@ -137,7 +157,11 @@ class Scene:
 
 # ====================================================================== elementary motions
 def move(sc: Scene, pos, R=None, *, grip=None, speed=FAST, rot_speed=ROT_SPEED, tol=0.01, settle=10):
-    """Min-jerk straight-line motion of the grip site to ``pos`` (orientation ``R``)."""
+    """Straight-line motion of the grip site to ``pos`` (orientation ``R``): min-jerk in time, or
+    by state feedback (``Scene.motion``, see ``MOTIONS``)."""
+    if sc.motion == "feedback":
+        yield from _move_feedback(sc, pos, R, grip=grip, speed=speed, rot_speed=rot_speed, tol=tol, settle=settle)
+        return
     p0, R0 = sc.eef_pos, sc.eef_R
     if sc.goal_pos is not None and np.linalg.norm(sc.goal_pos - p0) < 0.04:
         # continue from the last commanded pose: no jump in the command between segments
@@ -152,6 +176,29 @@ def move(sc: Scene, pos, R=None, *, grip=None, speed=FAST, rot_speed=ROT_SPEED, 
         if np.linalg.norm(sc.eef_pos - pos) < tol:
             break
         yield sc.action(pos, R, grip)
+
+
+def _move_feedback(sc: Scene, pos, R=None, *, grip=None, speed=FAST, rot_speed=ROT_SPEED, tol=0.01, settle=10):
+    """The Markovian ``move``: each step, the carrot is the goal or, when farther, the point
+    ``LEAD_STEPS * speed`` ahead of the hand towards it (likewise for the orientation), so the
+    command depends on the hand's pose and the goal only. Ends within ``tol`` (and ``ROT_TOL``);
+    a pass-through motion (``settle=0``) hands over once within one lead of its goal."""
+    R = sc.eef_R if R is None else np.asarray(R, dtype=np.float64)
+    pos = np.asarray(pos, dtype=np.float64)
+    lead, rot_lead = LEAD_STEPS * sc.speed(speed), LEAD_STEPS * rot_speed
+    if not settle:
+        tol = max(tol, lead)
+    limit = 3 * motion_steps(sc.eef_pos, sc.eef_R, pos, R, speed, rot_speed) + settle + 10  # never stall a plan
+    for _ in range(limit):
+        error = pos - sc.eef_pos
+        rot_error = axis_angle(R @ sc.eef_R.T)
+        dist, angle = float(np.linalg.norm(error)), float(np.linalg.norm(rot_error))
+        if dist < tol and angle < ROT_TOL:
+            break
+        carrot = sc.eef_pos + error * min(1.0, lead / max(dist, 1e-9))
+        carrot_R = rotvec_to_mat(rot_error * min(1.0, rot_lead / max(angle, 1e-9))) @ sc.eef_R
+        yield sc.action(carrot, carrot_R, grip)
+    sc.goal_pos, sc.goal_R = pos, R  # later holds keep the goal, not the last carrot
 
 
 def hold(sc: Scene, steps: int, grip=None):
@@ -171,7 +218,10 @@ def open_gripper(sc: Scene, steps: int = 7):
 
 
 def pause(sc: Scene, max_steps: int = 3):
-    """A short, random hesitation (0..max_steps), like a human demonstrator's."""
+    """A short, random hesitation (0..max_steps), like a human demonstrator's; none in feedback
+    motion (its length would be hidden state)."""
+    if sc.motion == "feedback":
+        return
     yield from hold(sc, int(sc.rng.integers(0, max_steps + 1)))
 
 
