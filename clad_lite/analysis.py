@@ -136,6 +136,46 @@ def linear_probe_classification(x_train, y_train, x_test, y_test, C: float = 1.0
 # --------------------------------------------------------------------------- windows
 
 
+def action_predictability(path, holdout_every: int = 5, k: int = 5) -> dict:
+    """How far a demonstrator's arm actions are a function of the state, in one demo file.
+
+    Behaviour cloning assumes they are: a policy sees the state, not how long the demonstrator has
+    been in its current motion. Measured without any learned model: a k-nearest-neighbour
+    regression (scikit-learn) from the scene state [qpos; qvel] (``state_oracle.scene_state``,
+    standardised on the fitting demos) to the 6 arm dimensions of the action, fitted on every
+    demo i with ``i % holdout_every != 0`` and scored on the others (leave-demos-out).
+
+    Returns ``{"r2", "mse", "train_steps", "test_steps", "demos"}``: R^2 = 1 - SSE / SST of the
+    held-out actions against their fitting-set mean (1 = the state fixes the action, 0 = it says
+    nothing).
+    """
+    from sklearn.neighbors import KNeighborsRegressor
+
+    from clad_lite.demos import hdf5 as H
+    from clad_lite.state_oracle import scene_state
+
+    with H.DemoFile(path) as f:
+        demos = [f.read(demo, ["states", "actions"]) for demo in f.demos]
+    if len(demos) < 2 or holdout_every < 2:
+        raise ValueError(f"{path}: needs >= 2 demos and holdout_every >= 2, got {len(demos)} demos, "
+                         f"holdout_every={holdout_every}")
+    held_out = [i % holdout_every == 0 for i in range(len(demos))]
+
+    def stack(test: bool):
+        chosen = [d for d, h in zip(demos, held_out) if h == test]
+        return (np.concatenate([scene_state(d["states"]) for d in chosen]),
+                np.concatenate([np.asarray(d["actions"], dtype=np.float64)[:, :6] for d in chosen]))
+
+    (x_fit, y_fit), (x_test, y_test) = stack(False), stack(True)
+    mean, std = x_fit.mean(0), x_fit.std(0)
+    std = np.where(std > 1e-6, std, 1.0)
+    model = KNeighborsRegressor(n_neighbors=k).fit((x_fit - mean) / std, y_fit)
+    error = model.predict((x_test - mean) / std) - y_test
+    sse, sst = float((error ** 2).sum()), float(((y_test - y_fit.mean(0)) ** 2).sum())
+    return {"r2": 1.0 - sse / max(sst, 1e-12), "mse": float((error ** 2).mean()),
+            "train_steps": len(x_fit), "test_steps": len(x_test), "demos": len(demos)}
+
+
 def window_table(dataset) -> dict:
     """Per-window bookkeeping of a ``WindowDataset`` (or a ``Subset`` of one): numpy arrays (N,)
     ``demo_index``, ``t`` and ``task_id``, in the dataset's order (read without touching the

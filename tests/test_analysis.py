@@ -119,3 +119,39 @@ def test_collect_stage1_outputs_and_metrics_on_a_tiny_model():
     for key in ("erank_z_dyn", "std_foresight_s", "latent", "probe_future_r2", "probe_task_acc"):
         assert np.isfinite(metrics[key]), key
     assert 1.0 <= metrics["erank_z_dyn"] <= H
+
+
+def _demo_file(path, actions_of_state, demos=10, length=40, seed=0):
+    import h5py
+
+    from clad_lite.demos import hdf5 as H
+
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        H.write_data_attrs(data, instruction="do it", problem_name="p", bddl_file="p.bddl", env_args={"env_name": "synthetic"})
+        for d in range(demos):
+            qpos = np.cumsum(rng.normal(0, 0.1, (length, 4)), axis=0)  # [time, qpos (4)] rows of a flattened MjState
+            states = np.concatenate([np.arange(length)[:, None] * 0.05, qpos], axis=1)
+            obs = {"joint_states": rng.normal(size=(length, 7)), "gripper_states": rng.normal(size=(length, 2)),
+                   "ee_pos": rng.normal(size=(length, 3)), "ee_ori": rng.normal(size=(length, 3)),
+                   "ee_states": rng.normal(size=(length, 6)), "joint_vel": rng.normal(size=(length, 7))}
+            H.write_demo(data, f"demo_{d}", {
+                "actions": actions_of_state(qpos, rng), "states": states, "rewards": np.eye(length, dtype=np.uint8)[-1],
+                "dones": np.eye(length, dtype=np.uint8)[-1], "robot_states": rng.normal(size=(length, 9)), "obs": obs})
+    return path
+
+
+def test_action_predictability_separates_a_state_feedback_from_noise(tmp_path):
+    def feedback(qpos, rng):  # the action is a smooth function of the state
+        return np.concatenate([np.tanh(qpos[:, :3]), np.tanh(qpos[:, 3:] - qpos[:, :3]), rng.uniform(-1, 1, (len(qpos), 1))], 1)
+
+    def unrelated(qpos, rng):  # the action ignores the state
+        return rng.uniform(-1, 1, (len(qpos), 7))
+
+    markov = A.action_predictability(_demo_file(tmp_path / "markov.hdf5", feedback, demos=40), holdout_every=4)
+    noise = A.action_predictability(_demo_file(tmp_path / "noise.hdf5", unrelated, demos=40), holdout_every=4)
+    assert markov["r2"] > 0.8 and abs(noise["r2"]) < 0.3, (markov, noise)
+    assert markov["demos"] == 40 and markov["test_steps"] == 10 * 40 and markov["train_steps"] == 30 * 40
+    with pytest.raises(ValueError, match="needs >= 2 demos"):
+        A.action_predictability(_demo_file(tmp_path / "one.hdf5", feedback, demos=1))
