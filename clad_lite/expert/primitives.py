@@ -14,9 +14,9 @@ import numpy as np
 from .control import (
     GRIPPER_CLOSED,
     GRIPPER_OPEN,
+    axis_angle,
     gripper_down,
     interpolate_pose,
-    axis_angle,
     min_jerk,
     motion_steps,
     pose_to_delta,
