@@ -307,7 +307,7 @@ class Pipeline:
             return False, "other image size"
         if config.get("suite") != d.suite or config.get("seed") != d.seed:
             return False, "other suite or seed"
-        from clad_lite.demos.generate import _FINGERPRINT_DEFAULTS, DEFAULT_POLICY
+        from clad_lite.demos.generate import _FINGERPRINT_DEFAULTS, DEFAULT_POLICY, policy_revision
 
         for key in ("action_noise", "success_hold"):  # summaries from before an option: made at its default
             made = config.get(key, _FINGERPRINT_DEFAULTS[key])
@@ -315,6 +315,9 @@ class Pipeline:
                 return False, f"demonstrations made with {key.replace('_', ' ')} {made}, the profile wants {getattr(d, key)}"
         if config.get("policy", DEFAULT_POLICY) != d.expert_policy:
             return False, f"demonstrations made by {config.get('policy', DEFAULT_POLICY)}, the profile wants {d.expert_policy}"
+        made, wanted = config.get("policy_revision", _FINGERPRINT_DEFAULTS["policy_revision"]), policy_revision(d.expert_policy)
+        if made != wanted:
+            return False, f"demonstrations made by revision {made} of {d.expert_policy}, it is now at revision {wanted}"
         if config.get("image_stride", 1) != d.image_stride and not self.oracle:  # the oracle reads no image
             return False, f"images rendered with stride {config.get('image_stride', 1)}, the profile wants {d.image_stride}"
         rows = {row["task_id"]: row for row in summary.get("tasks", [])}

@@ -101,11 +101,11 @@ DONE_GRACE_STEPS = 20
 # give a task up when its first attempts all raise (a broken policy, not bad luck)
 ERROR_ABORT = 3
 # settings that change the recorded data: a resumed run must use the same ones
-_FINGERPRINT_KEYS = ("suite", "seed", "policy", "budget", "keep_failures", "done_grace", "action_noise",
-                     "action_noise_hold", "success_hold")
+_FINGERPRINT_KEYS = ("suite", "seed", "policy", "policy_revision", "budget", "keep_failures", "done_grace",
+                     "action_noise", "action_noise_hold", "success_hold")
 # keys added after data sets were made, with the value that reproduces those sets: a settings.json
 # without them still matches
-_FINGERPRINT_DEFAULTS = {"action_noise": 0.0, "action_noise_hold": 5, "success_hold": 0}
+_FINGERPRINT_DEFAULTS = {"action_noise": 0.0, "action_noise_hold": 5, "success_hold": 0, "policy_revision": 1}
 
 
 # =========================================================================== configuration
@@ -139,6 +139,9 @@ class GenerateConfig:
     success_hold: int = _FINGERPRINT_DEFAULTS["success_hold"]
     multisample: bool = False
     progress: bool = True
+    # the factory's ``revision`` attribute (1 when absent), filled in by resolved(): a fixed expert
+    # under the same name never mixes its demonstrations with the old ones
+    policy_revision: int | None = None
 
     def resolved(self) -> GenerateConfig:
         from clad_lite.sim import MAX_EPISODE_STEPS, SETTLE_STEPS
@@ -156,7 +159,7 @@ class GenerateConfig:
                 or self.image_stride < 1:
             raise UserError("--demos, --budget, --max-attempts, --workers, --image-size and --image-stride must be >= 1")
         return GenerateConfig(**{**asdict(self), "budget": budget, "max_attempts": max_attempts,
-                                 "tasks": sorted(set(self.tasks))})
+                                 "tasks": sorted(set(self.tasks)), "policy_revision": policy_revision(self.policy)})
 
 
 def _attempt_sequence(seed: int, suite: str, task_id: int, attempt: int) -> np.random.SeedSequence:
@@ -224,6 +227,12 @@ def resolve_policy(spec):
         return getattr(import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
         raise UserError(f"cannot load policy factory {spec!r}: {error}") from None
+
+
+def policy_revision(spec) -> int:
+    """The ``revision`` a policy factory declares (1 when it declares none): bumped when an expert
+    changes behaviour under the same name, so ``generate`` and the pipeline refuse older data."""
+    return int(getattr(resolve_policy(spec), "revision", _FINGERPRINT_DEFAULTS["policy_revision"]))
 
 
 # =========================================================================== stand-in policy

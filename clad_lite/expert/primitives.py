@@ -300,6 +300,11 @@ def pick(sc: Scene, obj: str, *, yaw: float, offset=(0.0, 0.0, 0.0), approach: f
         target = target + bias
     yield from move(sc, target, R, speed=SLOW, tol=0.006, settle=12)
     yield from close_gripper(sc)
+    if sc.motion == "feedback":
+        # the fingers are still closing when the hand starts to rise (on a thin bowl rim, or the
+        # moka pot's body above where the open fingers stop); min-jerk's gentle start gives them
+        # that time, the feedback carrot (a full lead above at once) does not: rise 2 cm slowly
+        yield from move(sc, sc.eef_pos + [0, 0, 0.02], R, speed=SLOW * 0.25, tol=0.004, settle=4)
     up = sc.eef_pos + [0, 0, lift]
     yield from move(sc, up, R, speed=SLOW * 1.5)
 
