@@ -191,3 +191,17 @@ def test_feedback_expert_also_solves_the_book_task(book_env):
     ok, actions = _rollout(book_env, 0, seed=0, max_steps=505, motion="feedback")
     assert ok, "the feedback expert should put the book into the caddy from init state 0"
     assert 60 < len(actions) < 505
+
+
+def test_feedback_expert_grasps_the_moka_pot():
+    """Revision 2 of the feedback expert: the fingers close on the pot before the hand rises
+    (revision 1 missed every moka-pot grasp of tasks 2 and 8)."""
+    pytest.importorskip("libero")
+    from clad_lite.sim import LiberoEnv
+
+    env = LiberoEnv("libero_10", 2, render=False)  # turn on the stove and put the moka pot on it
+    try:
+        ok, actions = _rollout(env, 0, seed=0, max_steps=505, motion="feedback")
+    finally:
+        env.close()
+    assert ok, "the feedback expert should put the moka pot on the stove from init state 0"

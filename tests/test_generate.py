@@ -457,3 +457,20 @@ def test_success_hold_is_fingerprinted_and_validated(fake_sim, tmp_path):
         G.generate(_cfg(out, tasks=[0], demos=1, render=False, success_hold=10))
     with pytest.raises(UserError, match="success-hold"):
         G.GenerateConfig(success_hold=-1).resolved()
+
+
+def test_policy_revision_is_fingerprinted(fake_sim, tmp_path, monkeypatch):
+    """A fixed expert that keeps its name declares a new ``revision``: its data never mix with the old."""
+    out = tmp_path / "r"
+    summary = G.generate(_cfg(out, tasks=[0], demos=1, render=False))
+    assert summary["config"]["policy_revision"] == 1  # no revision declared
+    settings = out / G.PARTS_DIR / "task_00" / "settings.json"
+    old = {k: v for k, v in json.loads(settings.read_text()).items() if k != "policy_revision"}
+    settings.write_text(json.dumps(old))  # made before revisions were recorded
+    G.generate(_cfg(out, tasks=[0], demos=1, render=False))
+    factory = G.resolve_policy(G.STANDIN_POLICY)
+    monkeypatch.setattr(factory, "revision", 2, raising=False)
+    with pytest.raises(UserError, match="policy_revision: 1 -> 2"):
+        G.generate(_cfg(out, tasks=[0], demos=1, render=False))
+    assert G.policy_revision("clad_lite.expert:make_expert") == 1
+    assert G.policy_revision("clad_lite.expert:make_feedback_expert") == 2

@@ -250,6 +250,15 @@ def test_data_made_without_noise_do_not_serve_a_noisy_profile(first_run):
     assert not complete and "make_expert" in why and "wants clad_lite.expert:make_feedback_expert" in why
 
 
+def test_data_of_an_older_expert_revision_are_not_reused(first_run, monkeypatch):
+    import clad_lite.expert
+
+    root = first_run[0]
+    monkeypatch.setattr(clad_lite.expert.make_expert, "revision", 2, raising=False)  # the expert was fixed
+    complete, why = new_pipeline(root)._data_complete()
+    assert not complete and "revision 1 of clad_lite.expert:make_expert" in why and "now at revision 2" in why
+
+
 def test_bad_input_is_a_user_error(tmp_path, one_thread, capsys):
     assert main(["pipeline", "--profile", "nope", "--out", str(tmp_path)]) == 2
     assert main(["pipeline", "--profile", "ci", "--set", "stage1.nope=1", "--out", str(tmp_path)]) == 2
