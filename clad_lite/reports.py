@@ -195,6 +195,9 @@ def _run_settings(results: dict) -> dict:
             # what filled the vision slot (clad_lite.state_oracle) and how far apart the training windows were
             "vision": config.get("data", {}).get("vision_source", "encoder"),
             "window_stride": config.get("data", {}).get("image_stride"),
+            # which scripted expert made the demonstrations (data.expert_motion); files from before the
+            # field: the min-jerk expert
+            "expert_motion": config.get("data", {}).get("expert_motion", "min_jerk"),
             "steps": stage2.get("steps"), "batch": stage2.get("batch_size"),
             "ema_decay": stage2.get("ema_decay", 0.0),
             # evaluations written before weights were recorded used the raw weights
@@ -215,7 +218,8 @@ def _run_settings(results: dict) -> dict:
 def _vision_label(settings: dict) -> str:
     source = "sim state (oracle)" if settings["vision"] == "sim_state" else settings["vision"]
     stride = settings["window_stride"]
-    return source if stride is None else f"{source} (every {'step' if stride == 1 else f'{stride}th step'})"
+    label = source if stride is None else f"{source} (every {'step' if stride == 1 else f'{stride}th step'})"
+    return label + (f", {settings['expert_motion']}-expert demos" if settings["expert_motion"] != "min_jerk" else "")
 
 
 def runs_table(runs: dict, profile_name: str) -> str:

@@ -75,13 +75,14 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     write("_stage2_40k_mean8", (6, 4), "both", 40_000, "raw", samples=8)
     write("_stage2_40k_x0", (7, 4), "both", 40_000, samples=8, prediction="sample")
     write("_stage2_40k_x0_past", (3, 4), "both", 40_000, prediction="sample", past_actions=True, latch=0.5)
+    write("_stage2_40k_x0_fb", (6, 4), "both", 40_000, prediction="sample", data={"expert_motion": "feedback"})
     write("_stage2_40k_x0_q3", (2, 4), "both", 40_000, prediction="sample", query_every=3)
     write("_stage2_40k_x0_q6", (2, 5), "both", 40_000, prediction="sample", query_every=6)  # = tau: not shown
     (folder / "libero_10_cpu_pipeline.json").write_text(json.dumps({"steps": []}))  # not an evaluation
     (folder / "libero_10_ci.json").write_text(json.dumps(dict(_results(), profile="ci")))  # another profile
     runs = reports.committed_runs("cpu", root=tmp_path)
     assert list(runs) == ["main", "policy_only", "stage2_20k_eef", "stage2_20k_state_oracle", "stage2_40k_ema",
-                          "stage2_40k_mean8", "stage2_40k_x0", "stage2_40k_x0_past", "stage2_40k_x0_q3", "stage2_40k_x0_q6"]
+                          "stage2_40k_mean8", "stage2_40k_x0", "stage2_40k_x0_fb", "stage2_40k_x0_past", "stage2_40k_x0_q3", "stage2_40k_x0_q6"]
     lines = reports.runs_table(runs, "cpu").splitlines()
     # a file without data.proprio / vision_source in its provenance predates the field: the paper's
     # 16-D vector and the encoder; without action_samples / prediction, one draw of an eps model
@@ -92,9 +93,10 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     assert "`stage2_40k_ema` | CLaD | paper (16-D) | encoder | 40K x 64 | EMA 0.999 | 1 draw | 40.0%" in lines[6] and "| 5,3 |" in lines[6]
     assert "`stage2_40k_mean8` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | mean of 8 draws | 50.0%" in lines[7]
     assert "`stage2_40k_x0` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, mean of 8 draws | 55.0%" in lines[8]
-    assert "`stage2_40k_x0_past` | CLaD + past actions | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, gripper latch 0.5 | 35.0%" in lines[9]
-    assert "`stage2_40k_x0_q3` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, query every 3 | 30.0%" in lines[10]
-    assert "`stage2_40k_x0_q6` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 35.0%" in lines[11]
+    assert "`stage2_40k_x0_fb` | CLaD | paper (16-D) | encoder, feedback-expert demos | 40K x 64 | raw | x0-pred, 1 draw | 50.0%" in lines[9]
+    assert "`stage2_40k_x0_past` | CLaD + past actions | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, gripper latch 0.5 | 35.0%" in lines[10]
+    assert "`stage2_40k_x0_q3` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, query every 3 | 30.0%" in lines[11]
+    assert "`stage2_40k_x0_q6` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 35.0%" in lines[12]
 
 
 def test_modality_figure_with_zero_and_full_success():
