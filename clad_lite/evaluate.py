@@ -478,7 +478,9 @@ class Agent:
                          image_size=self.profile.data.image_size, horizon=horizon)
         # upstream LIBERO rebuilds the MjSim on every reset (hard_reset=True, seconds on CPU); the fixed init
         # state then overwrites the whole [time, qpos, qvel] state, so fast_reset (no rebuild) starts from the
-        # same state; only solver warm-start caches differ
+        # same state; only solver warm-start caches differ. Fixtures (a stove, a cabinet) have no joint in that
+        # state: every reset, fast or not, places them afresh from NumPy's global RNG (about +-1 cm), which
+        # rollout() seeds with the episode seed just before, so they too are the same in every evaluation
         env.robosuite_env.hard_reset = not self.spec.get("fast_reset", False)
         return env
 
