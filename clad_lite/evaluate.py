@@ -34,9 +34,12 @@ At a query step t:
 
 **Resets**: upstream LIBERO rebuilds the MjSim on every reset (``hard_reset=True``), about 5-9 s
 per episode on this CPU machine; that is the default. ``--fast-reset`` skips the rebuild (about
-10 ms): the fixed init state still overwrites the whole [time, qpos, qvel] state, but solver
-warm-start caches differ, so trajectories drift slightly (measured: 2e-5 max state difference
-after 30 steps); not bitwise upstream, so results record ``fast_reset``.
+10 ms): the fixed init state overwrites the whole [time, qpos, qvel] state, and ``LiberoEnv``
+also clears the grippers' integrated command, which only a rebuild cleared before, so a fast reset
+gives bitwise the trajectory of a hard one whatever ran before it in the process
+(``tests/test_sim.py``). In evaluations made before that fix (results without
+``protocol.gripper_reset``) an episode's fingers started from the previous episode's command, so
+their fast-reset rollouts depended on the order of a worker's episodes. Results record ``fast_reset``.
 
 Policy-only runs (``policy.foresight=none``) skip CLaD. **Temporal ensembling** (``--ensemble``,
 ACT's rule): query every ``--query-every`` steps (default 1 with ``--ensemble``; τ must be a
@@ -52,7 +55,10 @@ the demos); off by default (the paper executes the raw chunk).
 (``LiberoEnv.goal_status``, about 0.1 ms against ~30 ms of physics); an episode records which
 held at the end (``goals_final``) and which ever held (``goals_reached``), and ``per_task.goals``
 counts them, so a failure that put one of two objects in the basket is told from one that
-grasped nothing (``clad_lite.reports.goal_table``).
+grasped nothing (``clad_lite.reports.goal_table``). Each episode also logs its **grasps**
+(``clad_lite.grasp_log``): at every close of the gripper, the nearest movable object, the hand's
+offset from it, and whether the object rose 1 cm within 20 steps; ``per_task.grasps`` sums them
+(``clad_lite.reports.grasp_table``), so a missed grasp is told from a dropped or misplaced object.
 
 **Resumption**: every finished episode is appended to ``OUT/episodes.jsonl`` at once (one line,
 flushed and fsynced) by the parent process. A rerun with the same ``--out`` reads it, drops a
@@ -80,7 +86,9 @@ agentview | wrist, upright, 20 fps)::
 
     {"suite", "profile", "protocol": {...}, "episodes_per_task",
      "per_task": [{"task_id", "instruction", "successes", "episodes", "rate", "ci95": [lo, hi],
-                   "goals": [{"predicate", "reached", "final", "episodes"}]}],
+                   "goals": [{"predicate", "reached", "final", "episodes"}],
+                   "grasps": {"episodes", "grasps", "held", "by_object": {name: {"grasps", "held",
+                                                                                "median_distance"}}}}],
      "average", "provenance": {"git_sha", "config", "seed", "data", "encoder", "versions", "device", ...},
      "timing": {...}}
 """
@@ -99,6 +107,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clad_lite.grasp_log import GraspLog, grasp_counts
 from clad_lite.configuration_clad import WEIGHTS, resolve_weights
 from clad_lite.state_oracle import SIM_STATE, StateObservation
 
@@ -477,9 +486,9 @@ class Agent:
         env = cached_env(self.spec["suite"], task_id, render=True, camera_obs=False, cameras=self.env_cameras,
                          image_size=self.profile.data.image_size, horizon=horizon)
         # upstream LIBERO rebuilds the MjSim on every reset (hard_reset=True, seconds on CPU); the fixed init
-        # state then overwrites the whole [time, qpos, qvel] state, so fast_reset (no rebuild) starts from the
-        # same state; only solver warm-start caches differ. Fixtures (a stove, a cabinet) have no joint in that
-        # state: every reset, fast or not, places them afresh from NumPy's global RNG (about +-1 cm), which
+        # state then overwrites the whole [time, qpos, qvel] state and LiberoEnv clears the grippers' command,
+        # so fast_reset (no rebuild) starts from the same state, bitwise. Fixtures (a stove, a cabinet) have no
+        # joint in that state: every reset, fast or not, places them afresh from NumPy's global RNG (about +-1 cm), which
         # rollout() seeds with the episode seed just before, so they too are the same in every evaluation
         env.robosuite_env.hard_reset = not self.spec.get("fast_reset", False)
         return env
@@ -601,6 +610,7 @@ class Agent:
         # how far a failure got: each BDDL goal predicate now and whether it ever held after a step
         goals = env.goal_status()
         goals_reached = [False] * len(goals)
+        grasps = GraspLog(env.object_positions)  # where each close landed and whether the object rose
         model_seconds = 0.0
         while t < int(spec["max_steps"]):
             proprio.append(self.proprio(env, obs))
@@ -630,6 +640,7 @@ class Agent:
             action, env_action = self.to_env(self.choose(t, chunks).astype(np.float32))
             executed.append(action)
             obs, _, _, _ = env.step(env_action)
+            grasps.step(t, env_action[-1], obs["robot0_eef_pos"])
             t += 1
             goals = env.goal_status()
             goals_reached = [r or g for r, g in zip(goals_reached, goals)]
@@ -649,7 +660,7 @@ class Agent:
                 "env_build_seconds": round(build_seconds, 3), "reset_seconds": round(reset_seconds, 3),
                 "env_steps_per_s": round(env_steps / loop_seconds, 2) if loop_seconds > 0 else None,
                 "goals": list(env.goal_names), "goals_final": list(goals), "goals_reached": goals_reached,
-                "video": str(video_path) if video_path else None, "checkpoint_step": spec.get("step"),
+                "grasps": grasps.finish(t), "video": str(video_path) if video_path else None, "checkpoint_step": spec.get("step"),
                 "pid": os.getpid()}
 
 
@@ -724,6 +735,8 @@ def summarise(records: list[dict], tasks: list[int], suite: str) -> tuple[list[d
             row["episode_success"] = [int(bool(r["success"])) for r in mine]
         if goals := goal_counts(mine):
             row["goals"] = goals
+        if grasps := grasp_counts(mine):
+            row["grasps"] = grasps
         per_task.append(row)
     rates = [t["rate"] for t in per_task if t["rate"] is not None]
     return per_task, (float(np.mean(rates)) if rates else None)
@@ -761,7 +774,8 @@ def _write_json(path: Path, obj) -> None:
 
 def _settings_identity(settings: dict) -> dict:
     keys = ("checkpoint", "suite", "max_steps", "warmup_steps", "query_every", "ensemble", "start_actions", "seed",
-            "encoder_hash", "fast_reset", "weights", "gripper_hysteresis", "action_samples", "start_demos")
+            "encoder_hash", "fast_reset", "gripper_reset", "weights", "gripper_hysteresis", "action_samples",
+            "start_demos")
     identity = {k: settings.get(k) for k in keys}
     # options absent from evaluations written before they existed: left out at their neutral value
     for key, neutral in (("gripper_hysteresis", None), ("action_samples", 1), ("start_demos", None)):
@@ -895,6 +909,8 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
                 "warmup_steps": int(ev.warmup_steps if warmup_steps is None else warmup_steps),
                 "query_every": query_every, "ensemble": bool(ensemble), "start_actions": start_actions, "seed": seed,
                 "fast_reset": bool(fast_reset), "gripper_hysteresis": gripper_hysteresis,
+                # resets clear the grippers' command (LiberoEnv._reset): an evaluation begun before is not resumed
+                "gripper_reset": True,
                 "action_samples": action_samples, "start_demos": start_demos, "device": device}
 
     if protocol == "single":
@@ -940,6 +956,8 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
     protocol_info.update(max_steps=settings["max_steps"], warmup_steps=settings["warmup_steps"],
                          replan_every=tau, query_every=query_every, temporal_ensembling=bool(ensemble),
                          start_actions=start_actions, fast_reset=bool(fast_reset), weights=spec["weights"],
+                         # every reset clears the grippers' integrated command (LiberoEnv._reset)
+                         gripper_reset=True,
                          gripper_hysteresis=gripper_hysteresis, action_samples=action_samples,
                          success="env.check_success() after any policy step",
                          init_states="episode i starts from LIBERO's fixed init state i" if start_demos is None

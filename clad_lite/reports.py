@@ -268,6 +268,21 @@ def goal_table(results: dict, profile_name: str, source: str | None = None) -> s
             + _footer(profile_name, {"run": source}))
 
 
+def grasp_table(results: dict, profile_name: str, source: str | None = None) -> str:
+    """Grasp precision, per task: closes of the gripper, how many lifted the nearest movable object
+    by 1 cm (``held``), and per object the median distance from the hand to the object's origin at
+    the close (``clad_lite.grasp_log``). Evaluations made before grasp logging show a dash."""
+    rows = []
+    for t in sorted(results["per_task"], key=lambda t: t["task_id"]):
+        grasps = t.get("grasps") or {}
+        objects = "; ".join(f"{name}: {o['held']}/{o['grasps']} held, {1000 * o['median_distance']:.0f} mm"
+                            for name, o in grasps.get("by_object", {}).items())
+        rows.append([f"{t['task_id'] + 1}. {_task_name(t['task_id'])}", f"{t['successes']}/{t['episodes']}",
+                     f"{grasps['held']}/{grasps['grasps']}" if grasps else MISSING, objects or MISSING])
+    return (markdown_table(["task", "success", "grasps held/closes", "per object: held/closes, median hand-object "
+                            "distance at the close"], rows) + _footer(profile_name, {"run": source}))
+
+
 def table2_3(bench_result: dict, params: dict, profile_name: str, avg: dict | None = None) -> str:
     """Tables 2 and 3: the project's measured efficiency (bench) next to the paper's CLaD / baselines."""
     p2, p3 = P.TABLE2, P.TABLE3

@@ -257,6 +257,16 @@ class LiberoEnv:
         return self.task.instruction
 
     # ----------------------------------------------------------------- episode control
+    def _reset(self) -> dict:
+        """LIBERO's reset, with every gripper's command state zeroed too. robosuite grippers integrate
+        the command (PandaGripper: +-0.01 per physics substep, 25 per control step) in
+        ``gripper.current_action``, which only a hard reset (a new gripper model) clears: after a fast
+        reset (``hard_reset = False``) the fingers would start from the last episode's command."""
+        for robot in self.robosuite_env.robots:
+            if getattr(robot, "gripper", None) is not None:
+                robot.gripper.current_action = np.zeros(robot.gripper.dof)
+        return self._control.reset()
+
     def reset(self, seed: int | None = None) -> dict:
         """Fresh placement: LIBERO samples object poses inside the BDDL regions.
 
@@ -265,7 +275,7 @@ class LiberoEnv:
         """
         if seed is not None:
             np.random.seed(seed)
-        return self._control.reset()
+        return self._reset()
 
     def reset_to_init_state(self, index: int) -> dict:
         """Reset, then load fixed init state ``index`` (0..49) of this task: evaluation starts."""
@@ -277,7 +287,7 @@ class LiberoEnv:
     def reset_to_state(self, state: np.ndarray) -> dict:
         """Reset, then load a flattened [time, qpos, qvel] state the way a fixed init state is loaded
         (e.g. a training demonstration's first state: ``eval --start-from-demos``)."""
-        self._control.reset()
+        self._reset()
         return self._control.set_init_state(np.asarray(state))
 
     def get_sim_state(self) -> np.ndarray:
@@ -308,6 +318,14 @@ class LiberoEnv:
         how far a failed episode got, e.g. one of the two objects in the basket."""
         inner = self.robosuite_env
         return tuple(bool(inner._eval_predicate(p)) for p in inner.parsed_problem["goal_state"])
+
+    def object_positions(self) -> dict[str, np.ndarray]:
+        """``{name: (3,) world position}`` of the task's movable objects now (LIBERO's ``objects_dict``;
+        fixtures such as the stove or the cabinet are left out)."""
+        inner = self.robosuite_env
+        data = self.sim.data
+        return {name: np.array(data.body_xpos[inner.obj_body_id[name]]) for name in inner.objects_dict
+                if name in inner.obj_body_id}
 
     def render_cameras(self) -> dict[str, np.ndarray]:
         """Render every camera now: ``{camera: (H, W, 3) uint8}``, upside down like the obs."""

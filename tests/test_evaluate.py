@@ -217,6 +217,11 @@ def test_real_rollout_end_to_end(tmp_path):
     goals = ["In(alphabet_soup_1, basket_1_contain_region)", "In(tomato_sauce_1, basket_1_contain_region)"]
     assert record["goals"] == goals and record["goals_final"] == record["goals_reached"] == [False, False]
     assert task["goals"] == [{"predicate": g, "reached": 0, "final": 0, "episodes": 1} for g in goals]
+    # grasps: every logged close names one of the task's movable objects, and the task's sums add up
+    objects = {"alphabet_soup_1", "cream_cheese_1", "tomato_sauce_1", "ketchup_1", "orange_juice_1", "milk_1",
+               "butter_1", "basket_1"}
+    assert all(g["object"] in objects and g["t"] < 30 for g in record["grasps"])
+    assert task["grasps"]["grasps"] == len(record["grasps"]) and task["grasps"]["episodes"] == 1
     # resuming a finished evaluation runs nothing and gives the same numbers
     again = evaluate(run_dir, out, tasks=[TASK], episodes=1, workers=1, videos=1, progress=False, fast_reset=True)
     assert again["per_task"] == results["per_task"]

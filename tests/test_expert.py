@@ -150,19 +150,24 @@ def book_env():
     env.close()
 
 
-def _rollout(env, init_index, seed, max_steps, motion="min_jerk"):
+def _rollout(env, init_index, seed, max_steps, motion="min_jerk", grasps=None):
     from clad_lite.expert import make_expert
     from clad_lite.sim import settle
 
+    # every reset places fixtures (the caddy, the stove) afresh from NumPy's global RNG (about +-1 cm; see
+    # clad_lite.evaluate.Agent.env): seeded, so that a test's outcome does not depend on what ran before
+    np.random.seed(seed)
     env.reset_to_init_state(init_index)
     obs = settle(env)
     expert = make_expert(env, np.random.default_rng(seed), motion)
     actions = []
-    for _ in range(max_steps):
+    for t in range(max_steps):
         action = expert.act(obs)
         assert action.shape == (7,) and np.all(np.abs(action) <= 1.0)
         actions.append(action)
         obs, _, _, _ = env.step(action)
+        if grasps is not None:
+            grasps.step(t, action[-1], obs["robot0_eef_pos"])
         if env.check_success():
             return True, np.array(actions)
         if expert.done:
@@ -171,9 +176,16 @@ def _rollout(env, init_index, seed, max_steps, motion="min_jerk"):
 
 
 def test_book_plan_succeeds_and_is_smooth(book_env):
-    ok, actions = _rollout(book_env, 0, seed=0, max_steps=505)
+    from clad_lite.grasp_log import GraspLog
+
+    log = GraspLog(book_env.object_positions)
+    assert set(book_env.object_positions()) == {"black_book_1", "white_yellow_mug_1"}  # no fixture (the caddy)
+    ok, actions = _rollout(book_env, 0, seed=0, max_steps=505, grasps=log)
     assert ok, "the scripted expert should put the book into the caddy from init state 0"
     assert 60 < len(actions) < 505
+    # the grasp log sees the expert's one grasp: on the book (11 cm above its origin, at its top) and the book rose
+    (grasp,) = log.finish(len(actions))
+    assert grasp["object"] == "black_book_1" and grasp["distance"] < 0.15 and grasp["held"], grasp
     # smooth: no large step-to-step jumps in the arm command outside gripper switches
     jumps = np.abs(np.diff(actions[:, :6], axis=0)).max(axis=1)
     assert np.quantile(jumps, 0.95) < 0.35

@@ -154,3 +154,12 @@ def test_goal_table_shows_partial_progress_and_old_files():
     lines = reports.goal_table(results, "cpu", "r.json").splitlines()
     assert lines[2].endswith("| 0/2 | In(a, b): 2/2 (1); In(c, b): 0/2 (0) |")
     assert lines[3].endswith(f"| 1/2 | {reports.MISSING} |") and "r.json" in lines[-1]
+
+
+def test_grasp_table_shows_held_closes_and_old_files():
+    results = _results((0, 1), n=2)
+    results["per_task"][0]["grasps"] = {"episodes": 2, "grasps": 3, "held": 1, "by_object": {
+        "can": {"grasps": 2, "held": 1, "median_distance": 0.012}, "box": {"grasps": 1, "held": 0, "median_distance": 0.0304}}}
+    lines = reports.grasp_table(results, "cpu", "r.json").splitlines()
+    assert lines[2].endswith("| 0/2 | 1/3 | can: 1/2 held, 12 mm; box: 0/1 held, 30 mm |")
+    assert lines[3].endswith(f"| 1/2 | {reports.MISSING} | {reports.MISSING} |") and "r.json" in lines[-1]

@@ -91,6 +91,41 @@ def test_the_gripper_reads_only_the_sign_of_its_command(env):
     assert np.abs(closing - opening).max() > 1e-4
 
 
+def test_fast_reset_repeats_a_hard_reset_whatever_ran_before(env):
+    """A fast reset (no MjSim rebuild: ``eval --fast-reset``, ``generate``) gives bitwise the trajectory of
+    upstream's hard reset, whatever the previous episode did. robosuite's gripper integrates its command in
+    ``gripper.current_action``, which only a rebuild cleared: before ``LiberoEnv._reset`` zeroed it, an
+    episode that followed a closed hand started with closing fingers (6 mm apart after one step)."""
+    inner = env.robosuite_env
+    original = inner.hard_reset
+
+    def trajectory(hard: bool, previous_gripper: float) -> np.ndarray:
+        inner.hard_reset = False
+        np.random.seed(3)  # fixtures are placed from NumPy's global RNG at every reset
+        env.reset_to_init_state(1)
+        action = np.array(NOOP_ACTION, np.float64)
+        action[-1] = previous_gripper
+        for _ in range(6):  # the previous episode ends with the hand closing or opening
+            env.step(action)
+        inner.hard_reset = hard
+        np.random.seed(5)
+        env.reset_to_init_state(2)
+        rng = np.random.default_rng(0)
+        states = []
+        for _ in range(12):
+            env.step(rng.uniform(-1.0, 1.0, ACTION_DIM))
+            states.append(env.get_sim_state().copy())
+        return np.array(states)
+
+    try:
+        fast_after_closed, fast_after_open = trajectory(False, 1.0), trajectory(False, -1.0)
+        hard = trajectory(True, 1.0)
+    finally:
+        inner.hard_reset = original
+    np.testing.assert_array_equal(fast_after_closed, fast_after_open)
+    np.testing.assert_array_equal(fast_after_closed, hard)
+
+
 def test_reset_to_state_loads_a_state_like_a_fixed_init_state(env):
     """reset_to_state(s) (the start of ``eval --start-from-demos``) is reset_to_init_state for s = init state i."""
     state = init_states("libero_10", 0)[3]
