@@ -65,7 +65,8 @@ flushed and fsynced) by the parent process. A rerun with the same ``--out`` read
 partial last line (a kill during the write) and duplicates, and runs only the missing
 (task, episode) pairs; ``OUT/eval_config.json`` pins the settings, and a rerun with other
 settings is refused. Workers are ``spawn`` processes (never fork after a GL context exists),
-each with one torch thread.
+each with one torch thread; in-process rollouts (``--workers 1``) also use one, since the thread
+count changes the networks' rounding and so the outcomes of closed-loop rollouts.
 
 **Protocols** (``--protocol``):
 
@@ -250,6 +251,12 @@ def run_jobs(jobs: list[dict], log: EpisodeLog, rollout: Callable[[dict], dict] 
 
     try:
         if rollout is not None or workers <= 1:
+            import torch
+
+            # one torch thread, as in the workers: the thread count changes float rounding in the networks,
+            # and a rollout is chaotic enough that it changes outcomes, so --workers must not
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
             if rollout is None:
                 agent = Agent(spec)
                 rollout = agent.rollout
@@ -257,6 +264,7 @@ def run_jobs(jobs: list[dict], log: EpisodeLog, rollout: Callable[[dict], dict] 
                 for job in pending:
                     record_one(rollout(job))
             finally:
+                torch.set_num_threads(threads)
                 if rollout is not None and hasattr(getattr(rollout, "__self__", None), "close"):
                     rollout.__self__.close()
         else:

@@ -100,6 +100,25 @@ def test_episode_log_resumes_without_losing_or_repeating(tmp_path):
     assert again == []
 
 
+def test_in_process_rollouts_use_one_torch_thread_like_the_workers(tmp_path):
+    """The thread count changes the networks' float rounding, which changes closed-loop outcomes, so in-process
+    rollouts (--workers 1) run with one thread as the spawned workers do, and the caller's count comes back."""
+    seen = []
+
+    def rollout(job):
+        seen.append(torch.get_num_threads())
+        return fake_rollout([])(job)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_jobs([{"task_id": 0, "episode": e} for e in range(2)], EpisodeLog(tmp_path / EPISODES_NAME), rollout,
+                 progress=False)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------------- a tiny run
 def make_tiny_run(root: Path, foresight: str = "both", max_steps: int = 30, ema: bool = False) -> Path:
     """A stage-2 run folder with random ci-sized models, its stage-1 run, data stats and encoder.
