@@ -217,3 +217,17 @@ def test_feedback_expert_grasps_the_moka_pot():
     finally:
         env.close()
     assert ok, "the feedback expert should put the moka pot on the stove from init state 0"
+
+
+def test_expert_eval_episode_repeats_and_logs_its_grasp(book_env):
+    """``expert-eval``'s episode seeds fixture placement too, so it repeats, and it returns the grasps that
+    are the reference of a policy's grasp table (one held grasp of the book)."""
+    from clad_lite.expert.evaluate import run_episode, summarize
+
+    first = run_episode(book_env, 0, seed=11, max_steps=520)
+    assert first == run_episode(book_env, 0, seed=11, max_steps=520)
+    ok, steps, grasps = first
+    assert ok and 60 < steps < 520
+    assert [(g["object"], g["held"]) for g in grasps] == [("black_book_1", True)]
+    summary = summarize({5: [(0, ok, steps, grasps)]}, "libero_10")["5"]
+    assert summary["successes"] == 1 and summary["grasps"]["held"] == 1 == summary["grasps"]["grasps"]

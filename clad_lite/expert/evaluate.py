@@ -4,7 +4,8 @@
 
 Each episode: reset to init state i (i < episodes), 15 settling no-op steps, then the expert
 acts until ``check_success()`` holds, the plan ends, or the LIBERO step budget (520 steps for
-libero_10, settling included) runs out. Physics only, no rendering.
+libero_10, settling included) runs out. Physics only, no rendering. Each task also sums the
+expert's grasps (``clad_lite.grasp_log``): the reference for a policy's ``reports.grasp_table``.
 """
 
 from __future__ import annotations
@@ -35,36 +36,47 @@ def parse_tasks(spec: str) -> list[int]:
     return out
 
 
-def run_episode(env, init_index: int, seed: int, max_steps: int, motion: str = "min_jerk") -> tuple[bool, int]:
-    """One evaluation episode; returns (success, length in steps including settling)."""
+def run_episode(env, init_index: int, seed: int, max_steps: int,
+                motion: str = "min_jerk") -> tuple[bool, int, list[dict]]:
+    """One evaluation episode; returns (success, length in steps including settling, grasps).
+
+    ``grasps``: each close of the gripper (``clad_lite.grasp_log``), the reference for a policy's
+    grasp table. NumPy's global RNG, which places the fixtures at every reset, is seeded with ``seed``.
+    """
+    from clad_lite.grasp_log import GraspLog
     from clad_lite.sim import settle
 
     from . import make_expert
 
+    np.random.seed(seed)
     env.reset_to_init_state(init_index)
     obs = settle(env, SETTLE)
     expert = make_expert(env, np.random.default_rng(seed), motion)
-    steps = SETTLE
+    grasps = GraspLog(env.object_positions)
+    steps, success = SETTLE, False
     while steps < max_steps:
-        obs, _, _, _ = env.step(expert.act(obs))
+        action = expert.act(obs)
+        obs, _, _, _ = env.step(action)
+        grasps.step(steps, action[-1], obs["robot0_eef_pos"])
         steps += 1
         if env.check_success():
-            return True, steps
+            success = True
+            break
         if expert.done:
             break
-    return False, steps
+    return success, steps, grasps.finish(steps)
 
 
 def eval_task(suite: str, task_id: int, indices: list[int], seed: int, progress=None,
-              motion: str = "min_jerk") -> list[tuple[int, bool, int]]:
+              motion: str = "min_jerk") -> list[tuple[int, bool, int, list[dict]]]:
     from clad_lite.sim import MAX_EPISODE_STEPS, LiberoEnv
 
     env = LiberoEnv(suite, task_id, render=False)
     try:
         results = []
         for i in indices:
-            ok, n = run_episode(env, i, seed * 100_003 + task_id * 1000 + i, MAX_EPISODE_STEPS[suite], motion)
-            results.append((i, ok, n))
+            ok, n, grasps = run_episode(env, i, seed * 100_003 + task_id * 1000 + i, MAX_EPISODE_STEPS[suite], motion)
+            results.append((i, ok, n, grasps))
             if progress is not None:
                 progress(1)
         return results
@@ -77,21 +89,23 @@ def _worker(job):
     return task_id, eval_task(suite, task_id, indices, seed, motion=motion)
 
 
-def summarize(per_task: dict[int, list[tuple[int, bool, int]]], suite: str) -> dict:
+def summarize(per_task: dict[int, list[tuple[int, bool, int, list[dict]]]], suite: str) -> dict:
+    from clad_lite.grasp_log import grasp_counts
     from clad_lite.sim import task_info
 
     out = {}
     for t in sorted(per_task):
-        rows = sorted(per_task[t])
-        succ = [n for _, ok, n in rows if ok]
+        rows = sorted(per_task[t], key=lambda row: row[0])
+        succ = [n for _, ok, n, _ in rows if ok]
         out[str(t)] = {
             "task": task_info(suite, t).name,
             "attempts": len(rows),
             "successes": len(succ),
             "rate": len(succ) / max(len(rows), 1),
-            "mean_length": float(np.mean([n for _, _, n in rows])) if rows else None,
+            "mean_length": float(np.mean([n for _, _, n, _ in rows])) if rows else None,
             "mean_success_length": float(np.mean(succ)) if succ else None,
-            "failed_init_states": [i for i, ok, _ in rows if not ok],
+            "failed_init_states": [i for i, ok, _, _ in rows if not ok],
+            "grasps": grasp_counts([{"grasps": g} for *_, g in rows]),
         }
     return out
 
