@@ -268,19 +268,34 @@ def goal_table(results: dict, profile_name: str, source: str | None = None) -> s
             + _footer(profile_name, {"run": source}))
 
 
-def grasp_table(results: dict, profile_name: str, source: str | None = None) -> str:
+def _objects_cell(grasps: dict) -> str:
+    return "; ".join(f"{name}: {o['held']}/{o['grasps']} held, {1000 * o['median_distance']:.0f} mm"
+                     for name, o in grasps.get("by_object", {}).items()) or MISSING
+
+
+def grasp_table(results: dict, profile_name: str, source: str | None = None, expert: dict | None = None,
+                expert_source: str | None = None) -> str:
     """Grasp precision, per task: closes of the gripper, how many lifted the nearest movable object
     by 1 cm (``held``), and per object the median distance from the hand to the object's origin at
-    the close (``clad_lite.grasp_log``). Evaluations made before grasp logging show a dash."""
+    the close (``clad_lite.grasp_log``). Evaluations made before grasp logging show a dash.
+
+    ``expert``: an ``expert-eval --json`` file's contents; adds the scripted expert's closes and
+    objects on its init states, the reference (it closes once per object it moves, and on handles)."""
     rows = []
     for t in sorted(results["per_task"], key=lambda t: t["task_id"]):
         grasps = t.get("grasps") or {}
-        objects = "; ".join(f"{name}: {o['held']}/{o['grasps']} held, {1000 * o['median_distance']:.0f} mm"
-                            for name, o in grasps.get("by_object", {}).items())
-        rows.append([f"{t['task_id'] + 1}. {_task_name(t['task_id'])}", f"{t['successes']}/{t['episodes']}",
-                     f"{grasps['held']}/{grasps['grasps']}" if grasps else MISSING, objects or MISSING])
-    return (markdown_table(["task", "success", "grasps held/closes", "per object: held/closes, median hand-object "
-                            "distance at the close"], rows) + _footer(profile_name, {"run": source}))
+        row = [f"{t['task_id'] + 1}. {_task_name(t['task_id'])}", f"{t['successes']}/{t['episodes']}",
+               f"{grasps['held']}/{grasps['grasps']}" if grasps else MISSING, _objects_cell(grasps)]
+        if expert is not None:
+            reference = (expert.get("tasks", {}).get(str(t["task_id"])) or {})
+            ref = reference.get("grasps") or {}
+            row += [f"{reference['successes']}/{reference['attempts']}" if reference else MISSING,
+                    f"{ref['held']}/{ref['grasps']}" if ref else MISSING, _objects_cell(ref)]
+        rows.append(row)
+    headers = ["task", "success", "grasps held/closes", "per object: held/closes, median hand-object distance at the close"]
+    if expert is not None:
+        headers += ["expert success", "expert held/closes", "expert per object"]
+    return markdown_table(headers, rows) + _footer(profile_name, {"run": source, "expert": expert_source})
 
 
 def table2_3(bench_result: dict, params: dict, profile_name: str, avg: dict | None = None) -> str:

@@ -163,3 +163,9 @@ def test_grasp_table_shows_held_closes_and_old_files():
     lines = reports.grasp_table(results, "cpu", "r.json").splitlines()
     assert lines[2].endswith("| 0/2 | 1/3 | can: 1/2 held, 12 mm; box: 0/1 held, 30 mm |")
     assert lines[3].endswith(f"| 1/2 | {reports.MISSING} | {reports.MISSING} |") and "r.json" in lines[-1]
+    expert = {"tasks": {"0": {"successes": 2, "attempts": 2, "grasps": {"episodes": 2, "grasps": 2, "held": 2,
+                                                                       "by_object": {"can": {"grasps": 2, "held": 2, "median_distance": 0.004}}}}}}
+    lines = reports.grasp_table(results, "cpu", "r.json", expert=expert, expert_source="x.json").splitlines()
+    assert lines[0].endswith("| expert success | expert held/closes | expert per object |")
+    assert lines[2].endswith("| 2/2 | 2/2 | can: 2/2 held, 4 mm |") and "x.json" in lines[-1]
+    assert lines[3].endswith(f"| {reports.MISSING} | {reports.MISSING} | {reports.MISSING} |")
