@@ -198,6 +198,7 @@ def _run_settings(results: dict) -> dict:
             # which scripted expert made the demonstrations (data.expert_motion); files from before the
             # field: the min-jerk expert
             "expert_motion": config.get("data", {}).get("expert_motion", "min_jerk"),
+            "demos_per_task": config.get("data", {}).get("demos_per_task", 50),
             "steps": stage2.get("steps"), "batch": stage2.get("batch_size"),
             "ema_decay": stage2.get("ema_decay", 0.0),
             # evaluations written before weights were recorded used the raw weights
@@ -219,7 +220,8 @@ def _vision_label(settings: dict) -> str:
     source = "sim state (oracle)" if settings["vision"] == "sim_state" else settings["vision"]
     stride = settings["window_stride"]
     label = source if stride is None else f"{source} (every {'step' if stride == 1 else f'{stride}th step'})"
-    return label + (f", {settings['expert_motion']}-expert demos" if settings["expert_motion"] != "min_jerk" else "")
+    label += f", {settings['expert_motion']}-expert demos" if settings["expert_motion"] != "min_jerk" else ""
+    return label + (f", {settings['demos_per_task']} demos/task" if settings["demos_per_task"] != 50 else "")
 
 
 def runs_table(runs: dict, profile_name: str) -> str:

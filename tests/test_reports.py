@@ -75,7 +75,8 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     write("_stage2_40k_mean8", (6, 4), "both", 40_000, "raw", samples=8)
     write("_stage2_40k_x0", (7, 4), "both", 40_000, samples=8, prediction="sample")
     write("_stage2_40k_x0_past", (3, 4), "both", 40_000, prediction="sample", past_actions=True, latch=0.5)
-    write("_stage2_40k_x0_fb", (6, 4), "both", 40_000, prediction="sample", data={"expert_motion": "feedback"})
+    write("_stage2_40k_x0_fb", (6, 4), "both", 40_000, prediction="sample",
+          data={"expert_motion": "feedback", "demos_per_task": 100})
     write("_stage2_40k_x0_q3", (2, 4), "both", 40_000, prediction="sample", query_every=3)
     write("_stage2_40k_x0_q6", (2, 5), "both", 40_000, prediction="sample", query_every=6)  # = tau: not shown
     (folder / "libero_10_cpu_pipeline.json").write_text(json.dumps({"steps": []}))  # not an evaluation
@@ -93,7 +94,7 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     assert "`stage2_40k_ema` | CLaD | paper (16-D) | encoder | 40K x 64 | EMA 0.999 | 1 draw | 40.0%" in lines[6] and "| 5,3 |" in lines[6]
     assert "`stage2_40k_mean8` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | mean of 8 draws | 50.0%" in lines[7]
     assert "`stage2_40k_x0` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, mean of 8 draws | 55.0%" in lines[8]
-    assert "`stage2_40k_x0_fb` | CLaD | paper (16-D) | encoder, feedback-expert demos | 40K x 64 | raw | x0-pred, 1 draw | 50.0%" in lines[9]
+    assert "`stage2_40k_x0_fb` | CLaD | paper (16-D) | encoder, feedback-expert demos, 100 demos/task | 40K x 64 | raw | x0-pred, 1 draw | 50.0%" in lines[9]
     assert "`stage2_40k_x0_past` | CLaD + past actions | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, gripper latch 0.5 | 35.0%" in lines[10]
     assert "`stage2_40k_x0_q3` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, query every 3 | 30.0%" in lines[11]
     assert "`stage2_40k_x0_q6` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 35.0%" in lines[12]
