@@ -108,8 +108,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clad_lite.grasp_log import GraspLog, grasp_counts
 from clad_lite.configuration_clad import WEIGHTS, resolve_weights
+from clad_lite.grasp_log import GraspLog, grasp_counts
 from clad_lite.state_oracle import SIM_STATE, StateObservation
 
 EPISODES_NAME = "episodes.jsonl"
@@ -496,8 +496,8 @@ class Agent:
         # upstream LIBERO rebuilds the MjSim on every reset (hard_reset=True, seconds on CPU); the fixed init
         # state then overwrites the whole [time, qpos, qvel] state and LiberoEnv clears the grippers' command,
         # so fast_reset (no rebuild) starts from the same state, bitwise. Fixtures (a stove, a cabinet) have no
-        # joint in that state: every reset, fast or not, places them afresh from NumPy's global RNG (about +-1 cm), which
-        # rollout() seeds with the episode seed just before, so they too are the same in every evaluation
+        # joint in that state: every reset, fast or not, places them afresh from NumPy's global RNG (about
+        # +-1 cm), which rollout() seeds with the episode seed just before, so they repeat in every evaluation
         env.robosuite_env.hard_reset = not self.spec.get("fast_reset", False)
         return env
 
@@ -964,8 +964,7 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
     protocol_info.update(max_steps=settings["max_steps"], warmup_steps=settings["warmup_steps"],
                          replan_every=tau, query_every=query_every, temporal_ensembling=bool(ensemble),
                          start_actions=start_actions, fast_reset=bool(fast_reset), weights=spec["weights"],
-                         # every reset clears the grippers' integrated command (LiberoEnv._reset)
-                         gripper_reset=True,
+                         gripper_reset=settings["gripper_reset"],
                          gripper_hysteresis=gripper_hysteresis, action_samples=action_samples,
                          success="env.check_success() after any policy step",
                          init_states="episode i starts from LIBERO's fixed init state i" if start_demos is None

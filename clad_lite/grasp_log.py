@@ -1,7 +1,7 @@
 """Where each grasp of a rollout landed, and whether it held: a diagnostic of closed-loop precision.
 
-Most failed libero_10 rollouts of the lite policies end in a missed grasp: the fingers close a
-few millimetres off the object and the hand rises empty (README, "Where the failures happen").
+Most failed libero_10 rollouts of the lite policies end in a missed grasp: the fingers close off
+the object and the hand rises empty (README, "Where the failures happen").
 A :class:`GraspLog` records, at every step where the executed gripper command turns from open
 (< 0) to closed (> 0), the hand position, the nearest movable object and the hand's offset from
 that object's origin; ``lift_steps`` steps later (or at the next opening, or at the episode's
@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-# ten control steps (0.5 s at 20 Hz) after closing, a held object has left its support by > 1 cm:
+# twenty control steps (1 s at 20 Hz) after closing, a held object has left its support by > 1 cm:
 # the scripted expert lifts 2 cm at a quarter speed in ~8 steps (feedback) or faster (min-jerk)
 LIFT_STEPS = 20
 LIFT_HEIGHT = 0.01
