@@ -497,7 +497,7 @@ class Agent:
         # state then overwrites the whole [time, qpos, qvel] state and LiberoEnv clears the grippers' command,
         # so fast_reset (no rebuild) starts from the same state, bitwise. Fixtures (a stove, a cabinet) have no
         # joint in that state: every reset, fast or not, places them afresh from NumPy's global RNG (about
-        # +-1 cm), which rollout() seeds with the episode seed just before, so they repeat in every evaluation
+        # +-1 cm), which rollout()'s reset seeds with the episode seed, so they repeat in every evaluation
         env.robosuite_env.hard_reset = not self.spec.get("fast_reset", False)
         return env
 
@@ -598,11 +598,10 @@ class Agent:
         env = self.env(task_id)
         build_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        np.random.seed(seed)
         if spec.get("start_demos"):  # the imitation check: the first state of training demo ``episode``
-            obs = env.reset_to_state(demo_start_states(spec["start_demos"], spec["suite"], task_id)[episode])
+            obs = env.reset_to_state(demo_start_states(spec["start_demos"], spec["suite"], task_id)[episode], seed)
         else:
-            obs = env.reset_to_init_state(episode)
+            obs = env.reset_to_init_state(episode, seed)
         reset_seconds = time.perf_counter() - start
         noop = _noop()
         self.gripper = float(noop[-1])  # the latch of ``to_env`` starts open, as the warm-up leaves the hand

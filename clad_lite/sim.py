@@ -257,11 +257,16 @@ class LiberoEnv:
         return self.task.instruction
 
     # ----------------------------------------------------------------- episode control
-    def _reset(self) -> dict:
+    def _reset(self, seed: int | None = None) -> dict:
         """LIBERO's reset, with every gripper's command state zeroed too. robosuite grippers integrate
         the command (PandaGripper: +-0.01 per physics substep, 25 per control step) in
         ``gripper.current_action``, which only a hard reset (a new gripper model) clears: after a fast
-        reset (``hard_reset = False``) the fingers would start from the last episode's command."""
+        reset (``hard_reset = False``) the fingers would start from the last episode's command.
+
+        Every reset places objects and fixtures (a stove, a caddy: about +-1 cm) from NumPy's global
+        RNG; ``seed`` seeds it first, so that a reset repeats whatever ran before it."""
+        if seed is not None:
+            np.random.seed(seed)
         for robot in self.robosuite_env.robots:
             if getattr(robot, "gripper", None) is not None:
                 robot.gripper.current_action = np.zeros(robot.gripper.dof)
@@ -273,21 +278,21 @@ class LiberoEnv:
         LIBERO's placement samplers draw from NumPy's global RNG, so ``seed`` seeds that.
         Training demonstrations start here, never from the fixed init states.
         """
-        if seed is not None:
-            np.random.seed(seed)
-        return self._reset()
+        return self._reset(seed)
 
-    def reset_to_init_state(self, index: int) -> dict:
-        """Reset, then load fixed init state ``index`` (0..49) of this task: evaluation starts."""
+    def reset_to_init_state(self, index: int, seed: int | None = None) -> dict:
+        """Reset, then load fixed init state ``index`` (0..49) of this task: evaluation starts.
+        The state fixes the objects; ``seed`` fixes the fixtures, which it does not hold (``_reset``)."""
         states = init_states(self.task.suite, self.task.task_id)
         if not 0 <= index < len(states):
             raise ValueError(f"init state index {index} out of range (0..{len(states) - 1})")
-        return self.reset_to_state(states[index])
+        return self.reset_to_state(states[index], seed)
 
-    def reset_to_state(self, state: np.ndarray) -> dict:
+    def reset_to_state(self, state: np.ndarray, seed: int | None = None) -> dict:
         """Reset, then load a flattened [time, qpos, qvel] state the way a fixed init state is loaded
-        (e.g. a training demonstration's first state: ``eval --start-from-demos``)."""
-        self._reset()
+        (e.g. a training demonstration's first state: ``eval --start-from-demos``); ``seed`` as in
+        ``reset_to_init_state``."""
+        self._reset(seed)
         return self._control.set_init_state(np.asarray(state))
 
     def get_sim_state(self) -> np.ndarray:

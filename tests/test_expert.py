@@ -154,10 +154,9 @@ def _rollout(env, init_index, seed, max_steps, motion="min_jerk", grasps=None):
     from clad_lite.expert import make_expert
     from clad_lite.sim import settle
 
-    # every reset places fixtures (the caddy, the stove) afresh from NumPy's global RNG (about +-1 cm; see
-    # clad_lite.evaluate.Agent.env): seeded, so that a test's outcome does not depend on what ran before
-    np.random.seed(seed)
-    env.reset_to_init_state(init_index)
+    # every reset places fixtures (the caddy, the stove) afresh (about +-1 cm): seeded, so that a test's
+    # outcome does not depend on what ran before
+    env.reset_to_init_state(init_index, seed)
     obs = settle(env)
     expert = make_expert(env, np.random.default_rng(seed), motion)
     actions = []

@@ -101,15 +101,13 @@ def test_fast_reset_repeats_a_hard_reset_whatever_ran_before(env):
 
     def trajectory(hard: bool, previous_gripper: float) -> np.ndarray:
         inner.hard_reset = False
-        np.random.seed(3)  # fixtures are placed from NumPy's global RNG at every reset
-        env.reset_to_init_state(1)
+        env.reset_to_init_state(1, seed=3)  # fixtures are placed afresh at every reset
         action = np.array(NOOP_ACTION, np.float64)
         action[-1] = previous_gripper
         for _ in range(6):  # the previous episode ends with the hand closing or opening
             env.step(action)
         inner.hard_reset = hard
-        np.random.seed(5)
-        env.reset_to_init_state(2)
+        env.reset_to_init_state(2, seed=5)
         rng = np.random.default_rng(0)
         states = []
         for _ in range(12):

@@ -41,15 +41,14 @@ def run_episode(env, init_index: int, seed: int, max_steps: int,
     """One evaluation episode; returns (success, length in steps including settling, grasps).
 
     ``grasps``: each close of the gripper (``clad_lite.grasp_log``), the reference for a policy's
-    grasp table. NumPy's global RNG, which places the fixtures at every reset, is seeded with ``seed``.
+    grasp table. ``seed`` also places the fixtures at the reset (``LiberoEnv.reset_to_init_state``).
     """
     from clad_lite.grasp_log import GraspLog
     from clad_lite.sim import settle
 
     from . import make_expert
 
-    np.random.seed(seed)
-    env.reset_to_init_state(init_index)
+    env.reset_to_init_state(init_index, seed)
     obs = settle(env, SETTLE)
     expert = make_expert(env, np.random.default_rng(seed), motion)
     grasps = GraspLog(env.object_positions)
