@@ -307,7 +307,8 @@ class Pipeline:
             return False, "other image size"
         if config.get("suite") != d.suite or config.get("seed") != d.seed:
             return False, "other suite or seed"
-        from clad_lite.demos.generate import _FINGERPRINT_DEFAULTS, DEFAULT_POLICY, policy_revision
+        from clad_lite.demos import hdf5 as H
+        from clad_lite.demos.generate import _FINGERPRINT_DEFAULTS, DEFAULT_POLICY, RENDER_REVISION, policy_revision
 
         for key in ("action_noise", "success_hold"):  # summaries from before an option: made at its default
             made = config.get(key, _FINGERPRINT_DEFAULTS[key])
@@ -325,6 +326,11 @@ class Pipeline:
             row = rows.get(task)
             if row is None or not (self.data_dir / row["file"]).exists() or not (row.get("images_rendered") or self.oracle):
                 return False, f"task {task} missing"
+            if not self.oracle:
+                with H.DemoFile(self.data_dir / row["file"]) as demo_file:
+                    if demo_file.render_revision != RENDER_REVISION:  # generate renders them again
+                        return False, (f"task {task}: images of render revision {demo_file.render_revision}, "
+                                       f"now {RENDER_REVISION} (fixtures placed as pass 1 had them)")
             short = row["demos"] < d.demos_per_task
             exhausted = row["attempts"] >= int(config.get("max_attempts") or 4 * d.demos_per_task)
             if row["demos"] > d.demos_per_task or (short and not exhausted) or row["demos"] == 0:

@@ -79,6 +79,7 @@ def fake_render_demo(job):
             frames[:, 0, 0, 0] = steps + 1  # which step each frame shows (never 0: unwritten rows are)
             H.write_obs(group, key, frames)
         group.attrs["image_stride"] = stride
+        group.attrs["render_revision"] = G.RENDER_REVISION
     record = {"task_id": job["task_id"], "demo": job["demo"], "frames": 2 * len(steps), "render_seconds": 0.1,
               "seconds": 0.1}
     G._write_json_atomic(G.Path(job["part"]).with_suffix(".json"), record)
@@ -206,6 +207,30 @@ def test_image_stride_renders_every_sth_step_and_restride_rerenders(fake_sim, tm
         G.GenerateConfig(image_stride=0).resolved()
 
 
+def test_images_of_an_older_render_revision_are_rendered_again(fake_sim, tmp_path):
+    """Files rendered before pass 2 placed the fixtures (render revision 1, no attribute) get every
+    demo rendered again; a render part of the old revision is not reused."""
+    out = tmp_path / "rev"
+    G.generate(_cfg(out, tasks=[0], demos=3))
+    path = next(out.glob("*.hdf5"))
+    with H.DemoFile(path) as f:
+        assert f.render_revision == G.RENDER_REVISION
+    with h5py.File(path, "r+") as f:  # as a file made by an older version
+        del f["data"].attrs["render_revision"]
+    stale_part = out / ".parts" / "task_00" / "render_demo_0.h5"
+    fake_render_demo({"task_id": 0, "demo": "demo_0", "file": str(path), "image_size": 8, "part": str(stale_part)})
+    with h5py.File(stale_part, "r+") as f:
+        f["obs"].attrs["render_revision"] = 1
+    RENDER_CALLS.clear()
+    G.generate(_cfg(out, tasks=[0], demos=3))
+    assert RENDER_CALLS == [(0, "demo_0"), (0, "demo_1"), (0, "demo_2")]
+    with H.DemoFile(path) as f:
+        assert f.render_revision == G.RENDER_REVISION and f.images_rendered
+    RENDER_CALLS.clear()
+    G.generate(_cfg(out, tasks=[0], demos=3))
+    assert RENDER_CALLS == []
+
+
 def test_changed_settings_are_refused(fake_sim, tmp_path):
     G.generate(_cfg(tmp_path / "s", tasks=[0], demos=1, render=False))
     with pytest.raises(UserError, match="seed: 0 -> 1"):
@@ -263,6 +288,30 @@ def test_real_run_resume_is_deterministic(real_run):
         assert not f.images_rendered
     for key in before:
         np.testing.assert_array_equal(after[key], before[key])
+
+
+@pytest.mark.parametrize("task_id", [5])  # STUDY_SCENE1: the caddy is a fixture placed at every reset
+def test_rendered_fixtures_stand_where_pass_1_had_them(tmp_path, task_id):
+    """Fixtures have no joint, so a restored state does not place them: pass 2 resets with each
+    attempt's seed first. Every stored frame 0 equals a render of that demo's first state in an
+    environment reset with its seed, as pass 1's was; another seed moves the caddy (the check can fail)."""
+    from clad_lite.sim import LiberoEnv
+
+    cfg = G.GenerateConfig(tasks=[task_id], demos=2, out=str(tmp_path), policy=G.STANDIN_POLICY, keep_failures=True,
+                           image_size=32, seed=7, done_grace=0, budget=2, progress=False)
+    summary = G.generate(cfg)
+    path = tmp_path / summary["tasks"][0]["file"]
+    with H.DemoFile(path) as f, LiberoEnv("libero_10", task_id, render=True, camera_obs=False, image_size=32) as env:
+        assert f.render_revision == G.RENDER_REVISION and len(f.demos) == 2
+        for demo in f.demos:
+            stored = f.read(demo, ["states", *(f"obs/{k}" for k in H.IMAGE_KEYS)], frames=np.array([0]))
+            seed = int(f.group(demo).attrs["env_seed"])
+            for reset_seed, same in ((seed + 1, False), (seed, True)):
+                env.reset(seed=reset_seed)
+                env.set_sim_state(stored["states"][0])
+                frames = env.render_cameras()
+                assert np.array_equal(frames["agentview"], stored["obs/agentview_rgb"][0]) == same
+                assert np.array_equal(frames["robot0_eye_in_hand"], stored["obs/eye_in_hand_rgb"][0]) == same
 
 
 @pytest.mark.skipif(not os.environ.get("CLAD_SLOW_TESTS"), reason="spawns simulator workers; set CLAD_SLOW_TESTS=1")

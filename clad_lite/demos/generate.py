@@ -18,9 +18,15 @@ steps (default 20) after the policy says ``done``, or at the budget; it is kept 
 flattened sim state, the proprio observations (with joint velocities) and ``robot_states``;
 plus the action (clipped to [-1, 1]).
 
-**Pass 2 (rendering).** Each recorded state is restored (``set_sim_state``) and the agentview
+**Pass 2 (rendering).** The environment is first reset with the attempt's seed (a fast reset,
+no MjSim rebuild), then each recorded state is restored (``set_sim_state``) and the agentview
 and wrist cameras are rendered (default 128x128, stored upside down like the official files,
-gzip-compressed per frame). ``--no-render`` stops after pass 1; ``--render-only`` runs pass
+gzip-compressed per frame). The reset matters: fixtures (the stove, the caddy, the cabinet,
+the microwave) have no joint, so the flattened state does not hold where they stand; each
+reset places them (about +-1 cm) from NumPy's global RNG, and only the attempt's own seed puts
+them where pass 1's physics had them. Files rendered before this (``render_revision`` 1) showed
+every demo's fixtures where the rendering process happened to have placed them, up to 1 cm
+from where the expert acted; pass 2 re-renders such files. ``--no-render`` stops after pass 1; ``--render-only`` runs pass
 2 on files made earlier, possibly on another machine.
 
 **Noise injection (DART, Laskey et al. 2017; not the paper).** ``--action-noise σ`` adds
@@ -103,6 +109,10 @@ ERROR_ABORT = 3
 # settings that change the recorded data: a resumed run must use the same ones
 _FINGERPRINT_KEYS = ("suite", "seed", "policy", "policy_revision", "budget", "keep_failures", "done_grace",
                      "action_noise", "action_noise_hold", "success_hold")
+# what pass 2 renders: 1 = restored states in an environment whose fixtures another reset had placed
+# (up to 1 cm off where pass 1's physics had them); 2 = reset with the attempt's seed first, so the
+# images show the fixtures where they were. Files of an older revision are re-rendered (``_pass2``)
+RENDER_REVISION = 2
 # keys added after data sets were made, with the value that reproduces those sets: a settings.json
 # without them still matches
 _FINGERPRINT_DEFAULTS = {"action_noise": 0.0, "action_noise_hold": 5, "success_hold": 0, "policy_revision": 1}
@@ -381,6 +391,18 @@ def render_demo(job: dict) -> dict:
     env = _get_env(job["suite"], job["task_id"], True, job["image_size"], job["multisample"])
     with H.DemoFile(job["file"]) as demo_file:
         states = demo_file.read(job["demo"], ["states"])["states"]
+        env_seed = demo_file.group(job["demo"]).attrs.get("env_seed")
+    if env_seed is None:
+        raise H.DemoFormatError(job["file"], "no env_seed attribute: its fixtures cannot be placed as pass 1 had them",
+                                job["demo"])
+    # the attempt's own reset places the fixtures (no joint, so not in the state) where pass 1 had them;
+    # a fast reset (no MjSim rebuild) places them exactly as pass 1's hard reset did (tests/test_generate.py)
+    hard_reset = env.robosuite_env.hard_reset
+    env.robosuite_env.hard_reset = False
+    try:
+        env.reset(seed=int(env_seed))
+    finally:
+        env.robosuite_env.hard_reset = hard_reset
     state_dim = env.get_sim_state().shape[0]
     if states.shape[1] != state_dim:
         raise RuntimeError(f"{job['file']}: data/{job['demo']}/states has width {states.shape[1]}, "
@@ -403,6 +425,7 @@ def render_demo(job: dict) -> dict:
             H.write_obs(group, key, value)
         group.attrs["length"] = len(states)
         group.attrs["image_stride"] = job.get("image_stride", 1)
+        group.attrs["render_revision"] = RENDER_REVISION
         group.attrs["complete"] = True
     os.replace(tmp, path)
     record = {"task_id": job["task_id"], "demo": job["demo"], "frames": len(steps) * len(frames),
@@ -611,6 +634,10 @@ def _merge_renders(cfg: GenerateConfig, path: Path, task_id: int, demos: list[st
                 if stride != cfg.image_stride:
                     raise RuntimeError(f"{directory / f'render_{demo}.h5'}: rendered with image stride {stride}, "
                                        f"this run uses {cfg.image_stride}")
+                revision = int(part["obs"].attrs.get("render_revision", 1))
+                if revision != RENDER_REVISION:
+                    raise RuntimeError(f"{directory / f'render_{demo}.h5'}: render revision {revision}, "
+                                       f"this code renders revision {RENDER_REVISION}")
                 length = int(data[demo]["actions"].shape[0])
                 for key in H.IMAGE_KEYS:
                     if key in data[demo]["obs"]:
@@ -623,6 +650,7 @@ def _merge_renders(cfg: GenerateConfig, path: Path, task_id: int, demos: list[st
             all(key in data[d]["obs"] for key in H.IMAGE_KEYS) for d in data if d.startswith("demo_"))
         data.attrs["image_size"] = cfg.image_size
         data.attrs["image_stride"] = cfg.image_stride
+        data.attrs["render_revision"] = RENDER_REVISION
         env_args = json.loads(data.attrs["env_args"])
         env_args.setdefault("env_kwargs", {}).update(camera_heights=cfg.image_size, camera_widths=cfg.image_size)
         data.attrs["env_args"] = json.dumps(env_args)
@@ -690,12 +718,13 @@ def _pass1(cfg: GenerateConfig, tasks, executor) -> dict[int, Path]:
     return files
 
 
-def _part_stride(part: Path) -> int | None:
+def _part_settings(part: Path) -> tuple[int, int] | None:
+    """(image stride, render revision) of a finished render part; None if unreadable."""
     import h5py
 
     try:
         with h5py.File(part, "r") as f:
-            return int(f["obs"].attrs.get("image_stride", 1))
+            return int(f["obs"].attrs.get("image_stride", 1)), int(f["obs"].attrs.get("render_revision", 1))
     except (OSError, KeyError):
         return None
 
@@ -713,14 +742,17 @@ def _pass2(cfg: GenerateConfig, tasks, executor) -> None:
         for stale in directory.glob("render_*.tmp"):
             stale.unlink()
         with H.DemoFile(path) as demo_file:
-            restride = demo_file.images_rendered and demo_file.image_stride != cfg.image_stride
+            # another stride, or images of an older render revision (fixtures misplaced): render every demo again
+            rerender = demo_file.images_rendered and (demo_file.image_stride != cfg.image_stride
+                                                      or demo_file.render_revision not in (None, RENDER_REVISION))
             missing = [d for d in demo_file.demos
-                       if restride or not all(f"obs/{k}" in demo_file.group(d) for k in H.IMAGE_KEYS)]
+                       if rerender or not all(f"obs/{k}" in demo_file.group(d) for k in H.IMAGE_KEYS)]
             lengths = {d: demo_file.length(d) for d in missing}
         todo[task.task_id] = (path, missing)
         for demo in missing:
             part = directory / f"render_{demo}.h5"
-            if part.exists() and part.with_suffix(".json").exists() and _part_stride(part) == cfg.image_stride:
+            if part.exists() and part.with_suffix(".json").exists() \
+                    and _part_settings(part) == (cfg.image_stride, RENDER_REVISION):
                 continue  # rendered before the run was stopped
             jobs.append(({"suite": cfg.suite, "task_id": task.task_id, "file": str(path), "demo": demo,
                           "image_size": cfg.image_size, "image_stride": cfg.image_stride,

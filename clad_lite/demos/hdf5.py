@@ -23,8 +23,10 @@ Files written by this project (``clad_lite``) add:
 * ``obs/joint_vel (T, 7)``: arm joint velocities (the paper's proprio uses them; official
   files have none);
 * ``data`` attrs ``clad_lite_format`` (layout version), ``obs_convention``,
-  ``images_rendered`` (False between generation pass 1 and pass 2), ``suite``, ``task_id``,
-  ``generator`` (JSON: seed, policy, budget, versions);
+  ``images_rendered`` (False between generation pass 1 and pass 2), ``render_revision`` (how
+  pass 2 rendered: 2 places the fixtures with the attempt's seed first; absent = 1, see
+  ``clad_lite.demos.generate``), ``suite``, ``task_id``, ``generator`` (JSON: seed, policy,
+  budget, versions);
 * ``executed_actions (T, 7)`` when generated with DART-style noise (``--action-noise``): what
   the robot executed; ``actions`` then holds the expert's clean labels;
 * per-demo attrs ``attempt``, ``env_seed``, ``success``, ``num_samples``, ``init_state``.
@@ -300,6 +302,12 @@ class DemoFile:
         if stride < 1:
             raise DemoFormatError(self.path, f"attribute 'image_stride' must be >= 1, got {stride}")
         return stride
+
+    @property
+    def render_revision(self) -> int | None:
+        """Ours: how pass 2 rendered the images (``clad_lite.demos.generate.RENDER_REVISION``; 1 when the
+        attribute is absent: files made before it). Official files, whose images were not rendered by us: None."""
+        return int(self.data.attrs.get("render_revision", 1)) if self.is_ours else None
 
     def image_frames(self, demo: str) -> np.ndarray:
         """The steps of ``demo`` whose images were rendered (int64, increasing)."""
