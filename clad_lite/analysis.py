@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -90,15 +91,19 @@ def representation_stats(x) -> dict:
 # --------------------------------------------------------------------------- linear probes
 
 
-def linear_probe_regression(x_train, y_train, x_test, y_test, alpha: float = 1.0) -> dict:
+def linear_probe_regression(x_train, y_train, x_test, y_test, alpha: float | Sequence[float] = 1.0,
+                            return_predictions: bool = False) -> dict:
     """Ridge regression probe: features (N, D) -> targets (N, K), fitted on train, scored on test.
 
-    Features are standardised with the training mean / std. Returns ``r2`` (coefficient of
-    determination on the test set, averaged uniformly over the K target dimensions that vary in
-    the test set; 1 = perfect, 0 = no better than the test mean, < 0 worse), ``mse`` (test mean
-    squared error) and ``r2_per_dim`` (K,).
+    Features are standardised with the training mean / std. ``alpha``: the ridge penalty, or a
+    sequence of them to choose from by leave-one-out cross-validation on the training set
+    (``sklearn.linear_model.RidgeCV``; the choice is returned as ``alpha``). Returns ``r2``
+    (coefficient of determination on the test set, averaged uniformly over the K target
+    dimensions that vary in the test set; 1 = perfect, 0 = no better than the test mean, < 0
+    worse), ``mse`` (test mean squared error), ``r2_per_dim`` (K,) and, if asked, ``predictions``
+    (N_test, K).
     """
-    from sklearn.linear_model import Ridge
+    from sklearn.linear_model import Ridge, RidgeCV
     from sklearn.preprocessing import StandardScaler
 
     x_train, x_test = _as_float64(x_train).numpy(), _as_float64(x_test).numpy()
@@ -106,14 +111,19 @@ def linear_probe_regression(x_train, y_train, x_test, y_test, alpha: float = 1.0
     if y_train.ndim == 1:
         y_train, y_test = y_train[:, None], y_test[:, None]
     scaler = StandardScaler().fit(x_train)
-    model = Ridge(alpha=alpha).fit(scaler.transform(x_train), y_train)
+    ridge = Ridge(alpha=alpha) if np.isscalar(alpha) else RidgeCV(alphas=tuple(alpha))
+    model = ridge.fit(scaler.transform(x_train), y_train)
     pred = model.predict(scaler.transform(x_test))
     residual = ((y_test - pred) ** 2).sum(axis=0)
     spread = ((y_test - y_test.mean(axis=0)) ** 2).sum(axis=0)
     varies = spread > 1e-12 * len(y_test)
     r2_per_dim = np.where(varies, 1.0 - residual / np.where(varies, spread, 1.0), np.nan)
-    return {"r2": float(np.nanmean(r2_per_dim)) if varies.any() else float("nan"),
-            "mse": float(((y_test - pred) ** 2).mean()), "r2_per_dim": r2_per_dim}
+    out = {"r2": float(np.nanmean(r2_per_dim)) if varies.any() else float("nan"),
+           "mse": float(((y_test - pred) ** 2).mean()), "r2_per_dim": r2_per_dim,
+           "alpha": float(getattr(model, "alpha_", alpha))}
+    if return_predictions:
+        out["predictions"] = pred
+    return out
 
 
 def linear_probe_classification(x_train, y_train, x_test, y_test, C: float = 1.0) -> dict:

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "clad_lite.evaluate",
     "clad_lite.bench",
     "clad_lite.compare",
+    "clad_lite.position_probe",
     "clad_lite.pipeline",
 ]
 

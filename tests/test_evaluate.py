@@ -441,3 +441,36 @@ def test_start_from_demos_reads_each_tasks_first_demo_states(tmp_path):
     with pytest.raises(UserError, match="fewer than --episodes 4"):
         evaluate(run_dir, tmp_path / "e4", tasks="0", episodes=4, progress=False, start_from_demos=data,
                  rollout=fake_rollout(calls))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_live_vision_at_a_demo_state_is_the_training_embedding(tmp_path):
+    """The whole chain, generation -> rendering -> cache (what training reads) against the evaluation's
+    live render -> encoder (what the policy reads), at the same recorded states of a task with a fixture
+    (task 5, the caddy): equal up to the cache's float16 rounding. Pass 2 once rendered the caddy where
+    another reset had put it, up to 1 cm off: 2-4% of the embedding here, 20x the tolerance."""
+    from clad_lite.demos import generate as G
+    from clad_lite.demos import hdf5 as H
+    from clad_lite.encoders.cache import EmbeddingCache, embed_directory
+    from clad_lite.evaluate import Agent, load_run
+
+    torch.set_num_threads(1)
+    run_dir = make_tiny_run(tmp_path / "r", foresight="none")
+    spec = dict(load_run(run_dir), suite="libero_10", max_steps=8, warmup_steps=0, seed=7, fast_reset=True)
+    agent = Agent(spec)
+    data = tmp_path / "demos"
+    summary = G.generate(G.GenerateConfig(tasks=[5], demos=2, out=str(data), policy=G.STANDIN_POLICY, keep_failures=True,
+                                          image_size=agent.profile.data.image_size, seed=3, budget=3, done_grace=0,
+                                          progress=False))
+    cache = EmbeddingCache(embed_directory(data, agent.encoder)["cache_dir"])
+    env = agent.env(5)
+    with H.DemoFile(data / summary["tasks"][0]["file"]) as demos:
+        for demo in demos.demos:
+            states = demos.read(demo, ["states"])["states"]
+            env.reset(seed=int(demos.group(demo).attrs["env_seed"]))  # the demo's own placement, fixtures too
+            for t in range(len(states)):
+                env.set_sim_state(states[t])
+                live = agent.vision(env.render_cameras())
+                stored = np.concatenate([cache.frames(demos.path, demo, camera)[t] for camera in agent.cameras])
+                np.testing.assert_allclose(live, stored, rtol=1e-3, atol=1e-4)  # float16: ~1e-3 relative
+    cache.close()
