@@ -259,6 +259,17 @@ def test_data_of_an_older_expert_revision_are_not_reused(first_run, monkeypatch)
     assert not complete and "revision 1 of clad_lite.expert:make_expert" in why and "now at revision 2" in why
 
 
+def test_images_of_an_older_render_revision_are_not_reused(first_run, monkeypatch):
+    """Data rendered before pass 2 placed the fixtures as pass 1 had them are incomplete: generate renders them again."""
+    import clad_lite.demos.generate as G
+
+    root = first_run[0]
+    monkeypatch.setattr(G, "RENDER_REVISION", G.RENDER_REVISION + 1)  # as if the files were made by an older version
+    complete, why = new_pipeline(root)._data_complete()
+    assert not complete and f"render revision {G.RENDER_REVISION - 1}, now {G.RENDER_REVISION}" in why
+    assert new_pipeline(root, "data.vision_source=sim_state")._data_complete()[0]  # the oracle reads no image
+
+
 def test_bad_input_is_a_user_error(tmp_path, one_thread, capsys):
     assert main(["pipeline", "--profile", "nope", "--out", str(tmp_path)]) == 2
     assert main(["pipeline", "--profile", "ci", "--set", "stage1.nope=1", "--out", str(tmp_path)]) == 2
