@@ -229,6 +229,14 @@ def test_images_of_an_older_render_revision_are_rendered_again(fake_sim, tmp_pat
     RENDER_CALLS.clear()
     G.generate(_cfg(out, tasks=[0], demos=3))
     assert RENDER_CALLS == []
+    # a file of the older revision that grows keeps none of its old images
+    with h5py.File(path, "r+") as f:
+        del f["data"].attrs["render_revision"]
+    RENDER_CALLS.clear()
+    G.generate(_cfg(out, tasks=[0], demos=4))
+    assert sorted(RENDER_CALLS) == [(0, f"demo_{i}") for i in range(4)]
+    with H.DemoFile(path) as f:
+        assert f.render_revision == G.RENDER_REVISION and f.images_rendered and len(f.demos) == 4
 
 
 def test_changed_settings_are_refused(fake_sim, tmp_path):

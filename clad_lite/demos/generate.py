@@ -571,7 +571,8 @@ def _build_task_file(cfg: GenerateConfig, task, selected: list[dict]) -> Path:
                 old.close()
             old = None
     old_by_attempt = {}
-    if old is not None:
+    # images of an older render revision are not carried over: pass 2 renders those demos again
+    if old is not None and int(old["data"].attrs.get("render_revision", 1)) == RENDER_REVISION:
         for name in old["data"]:
             old_by_attempt[int(old["data"][name].attrs.get("attempt", -1))] = old["data"][name]
     for stale in parts_dir(cfg.out, task.task_id).glob("render_demo_*"):  # demo numbering may change
@@ -603,6 +604,7 @@ def _build_task_file(cfg: GenerateConfig, task, selected: list[dict]) -> Path:
         data.attrs["num_demos"] = len(selected)
         data.attrs["total"] = total
         data.attrs["images_rendered"] = all_images
+        data.attrs["render_revision"] = RENDER_REVISION  # the only images kept (above) or rendered (pass 2)
         if all_images and old is not None and "image_size" in old["data"].attrs:
             data.attrs["image_size"] = old["data"].attrs["image_size"]
         if old is not None and "image_stride" in old["data"].attrs:  # kept images were rendered with it
