@@ -682,11 +682,11 @@ def demo_start_states(data_dir: str, suite: str, task_id: int) -> np.ndarray:
     from clad_lite.sim import task_info
 
     instruction = task_info(suite, task_id).instruction
-    for path in H.find_demo_files([data_dir]):
-        with H.DemoFile(path) as f:
-            if f.instruction == instruction:
-                return np.stack([np.asarray(f.read(d, ["states"])["states"][0]) for d in f.demos])
-    raise _user_error(f"no demonstrations of {suite} task {task_id} ({instruction!r}) in {data_dir}")
+    path = H.find_task_file(data_dir, instruction)
+    if path is None:
+        raise _user_error(f"no demonstrations of {suite} task {task_id} ({instruction!r}) in {data_dir}")
+    with H.DemoFile(path) as f:
+        return np.stack([np.asarray(f.read(d, ["states"])["states"][0]) for d in f.demos])
 
 
 def close_environments() -> None:

@@ -118,31 +118,19 @@ def probe_task(env, demo_file: H.DemoFile, cache, holdout: float = 0.2) -> dict:
     return result
 
 
-def _find_cache(data_dir: Path, cache_dir: str | None):
-    from clad_lite.encoders.cache import CACHE_FOLDER, INDEX_NAME, EmbeddingCache
-
-    if cache_dir is None:
-        found = sorted(p.parent for p in (data_dir / CACHE_FOLDER).glob(f"*/{INDEX_NAME}"))
-        if len(found) != 1:
-            raise UserError(f"{data_dir / CACHE_FOLDER}: {len(found)} embedding caches; name one with --cache "
-                            "(python -m clad_lite embed makes one)")
-        cache_dir = found[0]
-    return EmbeddingCache(cache_dir)
-
-
 def position_probe(data_dir, tasks=None, cache_dir: str | None = None, suite: str = "libero_10",
                    progress: bool = True) -> dict:
     """Run :func:`probe_task` on each task of ``data_dir``; ``{"tasks": {id: result}, "cache": ..., "data": ...}``."""
     from tqdm import tqdm
 
+    from clad_lite.config import get_profile
+    from clad_lite.encoders.cache import EmbeddingCache
     from clad_lite.sim import LiberoEnv, suite_tasks
+    from clad_lite.train import find_cache_dir
 
     data_dir = Path(data_dir)
-    cache = _find_cache(data_dir, cache_dir)
-    by_instruction = {}
-    for path in H.find_demo_files([data_dir]):
-        with H.DemoFile(path) as f:
-            by_instruction[f.instruction] = path
+    # the cache training would read: the active profile's embedding width and both cameras
+    cache = EmbeddingCache(cache_dir or find_cache_dir(data_dir, get_profile().encoder.embed_dim, CAMERAS))
     tasks = list(range(len(suite_tasks(suite)))) if tasks is None else list(tasks)
     from clad_lite.provenance import git_sha
 
@@ -151,7 +139,7 @@ def position_probe(data_dir, tasks=None, cache_dir: str | None = None, suite: st
     for task_id in tqdm(tasks, desc="position probe", unit="task", disable=not progress):
         with LiberoEnv(suite, task_id, render=False) as env:
             env.reset(seed=0)
-            path = by_instruction.get(env.instruction)
+            path = H.find_task_file(data_dir, env.instruction)
             if path is None:
                 raise UserError(f"{data_dir}: no demonstrations of {suite} task {task_id} ({env.instruction!r})")
             with H.DemoFile(path) as demo_file:
@@ -180,7 +168,7 @@ def register(subparsers) -> None:
         "position-probe", help="linear probes: do the frozen encoder's embeddings locate the objects?",
         description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="demonstrations folder with an embedding cache (embed)")
-    parser.add_argument("--cache", default=None, help="embedding cache folder (default: the data's only one)")
+    parser.add_argument("--cache", default=None, help="embedding cache folder (default: the newest that fits the profile, as train picks)")
     parser.add_argument("--tasks", default=None, help="task ids, e.g. 0-9 or 1,5 (default: all)")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--no-progress", action="store_true")

@@ -71,5 +71,5 @@ def test_ridge_probe_can_choose_its_penalty_and_return_predictions():
 
 
 def test_data_without_an_embedding_cache_is_a_clear_error(tmp_path):
-    with pytest.raises(UserError, match="0 embedding caches"):
+    with pytest.raises(UserError, match="no embedding cache in"):
         P.position_probe(tmp_path, tasks=[0], progress=False)

@@ -511,3 +511,12 @@ def find_demo_files(paths: Iterable) -> list[Path]:
         else:
             files.append(path)
     return files
+
+
+def find_task_file(data_dir, instruction: str) -> Path | None:
+    """The demonstration file of ``data_dir`` whose instruction is ``instruction`` (None if there is none)."""
+    for path in find_demo_files([data_dir]):
+        with DemoFile(path) as f:
+            if f.instruction == instruction:
+                return path
+    return None
