@@ -498,7 +498,7 @@ class Agent:
         # so fast_reset (no rebuild) starts from the same state, bitwise. Fixtures (a stove, a cabinet) have no
         # joint in that state: every reset, fast or not, places them afresh from NumPy's global RNG (about
         # +-1 cm), which rollout()'s reset seeds with the episode seed, so they repeat in every evaluation
-        env.robosuite_env.hard_reset = not self.spec.get("fast_reset", False)
+        env.fast_reset = bool(self.spec.get("fast_reset", False))
         return env
 
     def language(self, instruction: str) -> np.ndarray:

@@ -92,36 +92,43 @@ def test_the_gripper_reads_only_the_sign_of_its_command(env):
 
 
 def test_fast_reset_repeats_a_hard_reset_whatever_ran_before(env):
-    """A fast reset (no MjSim rebuild: ``eval --fast-reset``, ``generate``) gives bitwise the trajectory of
-    upstream's hard reset, whatever the previous episode did. robosuite's gripper integrates its command in
+    """A fast reset (no MjSim rebuild: ``eval --fast-reset``, ``generate``, ``expert-eval``) gives bitwise the
+    trajectory of upstream's hard reset, whatever the previous episode did, from a fixed init state and from a
+    fresh placement (a training demo's start). robosuite's gripper integrates its command in
     ``gripper.current_action``, which only a rebuild cleared: before ``LiberoEnv._reset`` zeroed it, an
     episode that followed a closed hand started with closing fingers (6 mm apart after one step)."""
-    inner = env.robosuite_env
-    original = inner.hard_reset
+    original = env.fast_reset
 
-    def trajectory(hard: bool, previous_gripper: float) -> np.ndarray:
-        inner.hard_reset = False
+    def trajectory(fast: bool, previous_gripper: float, init_state: int | None) -> np.ndarray:
+        env.fast_reset = True
         env.reset_to_init_state(1, seed=3)  # fixtures are placed afresh at every reset
         action = np.array(NOOP_ACTION, np.float64)
         action[-1] = previous_gripper
         for _ in range(6):  # the previous episode ends with the hand closing or opening
             env.step(action)
-        inner.hard_reset = hard
-        env.reset_to_init_state(2, seed=5)
+        env.fast_reset = fast
+        if init_state is None:
+            env.reset(seed=5)  # objects and fixtures sampled from the seed
+        else:
+            env.reset_to_init_state(init_state, seed=5)
         rng = np.random.default_rng(0)
-        states = []
+        states = [env.get_sim_state().copy()]
         for _ in range(12):
             env.step(rng.uniform(-1.0, 1.0, ACTION_DIM))
             states.append(env.get_sim_state().copy())
         return np.array(states)
 
     try:
-        fast_after_closed, fast_after_open = trajectory(False, 1.0), trajectory(False, -1.0)
-        hard = trajectory(True, 1.0)
+        for init_state in (2, None):
+            fast_after_closed, fast_after_open = trajectory(True, 1.0, init_state), trajectory(True, -1.0, init_state)
+            assert env.robosuite_env.hard_reset is False  # the property is robosuite's flag
+            hard = trajectory(False, 1.0, init_state)
+            assert env.robosuite_env.hard_reset is True
+            np.testing.assert_array_equal(fast_after_closed, fast_after_open)
+            np.testing.assert_array_equal(fast_after_closed, hard)
+        assert not np.array_equal(trajectory(True, 1.0, 2)[0], hard[0])  # init state 2 is not the seed's scene
     finally:
-        inner.hard_reset = original
-    np.testing.assert_array_equal(fast_after_closed, fast_after_open)
-    np.testing.assert_array_equal(fast_after_closed, hard)
+        env.fast_reset = original
 
 
 def test_reset_to_state_loads_a_state_like_a_fixed_init_state(env):

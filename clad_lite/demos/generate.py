@@ -8,7 +8,8 @@ with multisampling off, physics ~ 70-140 steps/s):
 
 **Pass 1 (physics only).** For attempt ``k`` of task ``i`` the environment is reset to a
 *fresh* placement seeded from ``(--seed, suite, i, k)`` (LIBERO samples object poses inside
-the BDDL regions; the 50 fixed init states are the evaluation set and are never used here),
+the BDDL regions; the 50 fixed init states are the evaluation set and are never used here;
+a fast reset, without upstream's MjSim rebuild of 2-4 s, places bitwise the same scene),
 the objects settle for ``SETTLE_STEPS`` no-op steps (not recorded), then the policy acts for
 at most ``budget`` steps (default: the suite's evaluation budget minus the settling, 505 for
 libero_10). The episode stops once ``check_success()`` has held for ``--success-hold`` + 1
@@ -278,10 +279,14 @@ def make_standin_policy(env, rng):
 
 # =========================================================================== worker side
 def _get_env(suite: str, task_id: int, render: bool, image_size: int, multisample: bool):
-    """One cached environment per worker process (rebuilt when the task or mode changes)."""
+    """One cached environment per worker process (rebuilt when the task or mode changes), resetting fast:
+    the scene an attempt's seed places is bitwise a hard reset's (tests/test_sim.py), without rebuilding
+    the MjSim each attempt."""
     from clad_lite.sim import cached_env
 
-    return cached_env(suite, task_id, render=render, camera_obs=False, image_size=image_size, multisample=multisample)
+    env = cached_env(suite, task_id, render=render, camera_obs=False, image_size=image_size, multisample=multisample)
+    env.fast_reset = True
+    return env
 
 
 def _atomic_h5(path: Path):
@@ -395,14 +400,9 @@ def render_demo(job: dict) -> dict:
     if env_seed is None:
         raise H.DemoFormatError(job["file"], "no env_seed attribute: its fixtures cannot be placed as pass 1 had them",
                                 job["demo"])
-    # the attempt's own reset places the fixtures (no joint, so not in the state) where pass 1 had them;
-    # a fast reset (no MjSim rebuild) places them exactly as pass 1's hard reset did (tests/test_generate.py)
-    hard_reset = env.robosuite_env.hard_reset
-    env.robosuite_env.hard_reset = False
-    try:
-        env.reset(seed=int(env_seed))
-    finally:
-        env.robosuite_env.hard_reset = hard_reset
+    # the attempt's own reset places the fixtures (no joint, so not in the state) where pass 1 had them
+    # (tests/test_generate.py)
+    env.reset(seed=int(env_seed))
     state_dim = env.get_sim_state().shape[0]
     if states.shape[1] != state_dim:
         raise RuntimeError(f"{job['file']}: data/{job['demo']}/states has width {states.shape[1]}, "
