@@ -21,7 +21,14 @@ the first ``1 - holdout`` of the demos and scored on the rest:
 
 so a probe that learned nothing scores its baseline. ``near_offset`` repeats the offset probe on the
 steps where the hand is within ``NEAR_M`` of the target: the last approach, where a grasp is made
-or missed. Fixtures (stove, caddy) are not in ``objects_dict`` and not probed.
+or missed.
+
+    y_fixtures = xy of every fixture (a stove, a caddy, a cabinet)   (2F,)  where the demo's reset put it
+
+Fixtures have no joint, so the states do not hold them: each demo's own reset (its ``env_seed``) placed
+them, about +-1 cm, and nothing moves them after. Their probe asks whether the images show that small
+shift (the demos of ``render_revision`` 1 did not: their fixtures stood where the rendering process had
+put them; ``clad_lite.demos.generate``).
 """
 
 from __future__ import annotations
@@ -71,6 +78,12 @@ def demo_targets(env, states: np.ndarray, actions: np.ndarray, frames: np.ndarra
     return {"target": names[target], "frames": frames[keep], "objects": objects, "offset": offset, "names": names}
 
 
+def demo_fixtures(env, env_seed: int) -> dict[str, np.ndarray]:
+    """``{name: (2,) xy}`` of the fixtures where the demo's own reset (``env_seed``) placed them."""
+    env.reset(seed=int(env_seed))
+    return {name: np.asarray(xyz[:2], np.float64) for name, xyz in env.fixture_positions().items()}
+
+
 def fit_probe(x: np.ndarray, y: np.ndarray, test: np.ndarray) -> dict:
     """Ridge probe x (N, D) -> y (N, K, 2), fitted where ``test`` is False, scored where it is True.
 
@@ -90,15 +103,19 @@ def fit_probe(x: np.ndarray, y: np.ndarray, test: np.ndarray) -> dict:
 
 
 def probe_task(env, demo_file: H.DemoFile, cache, holdout: float = 0.2) -> dict:
-    """The probes of one task: both cameras, each camera alone, and the last approach (see the module)."""
-    rows = []
+    """The probes of one task: both cameras, each camera alone, and the last approach (see the module);
+    the fixtures too when the task has some and every demo records its ``env_seed``."""
+    rows, fixtures = [], []
     for demo in demo_file.demos:
         record = demo_file.read(demo, ["states", "actions"])
+        env_seed = demo_file.group(demo).attrs.get("env_seed")
+        placed = demo_fixtures(env, env_seed) if env_seed is not None else None
         found = demo_targets(env, record["states"], record["actions"], demo_file.image_frames(demo))
         if found is None:
             continue
         embeddings = [cache.frames(demo_file.path, demo, camera)[found["frames"]] for camera in CAMERAS]
         rows.append((found, np.concatenate(embeddings, axis=1)))
+        fixtures.append(placed)
     if len(rows) < 5:
         raise UserError(f"{demo_file.path}: only {len(rows)} demos lift an object before their end; the probe needs 5")
     n_test = max(1, int(round(holdout * len(rows))))
@@ -110,8 +127,15 @@ def probe_task(env, demo_file: H.DemoFile, cache, holdout: float = 0.2) -> dict:
     width = x.shape[1] // len(CAMERAS)
     result = {"instruction": demo_file.instruction, "objects": rows[0][0]["names"],
               "targets": sorted({f["target"] for f, _ in rows}), "demos": len(rows), "test_demos": n_test}
+    targets = {"objects": objects, "offset": offset}
+    if all(placed for placed in fixtures):  # a task with fixtures, every demo with its env_seed
+        names = sorted(fixtures[0])
+        per_demo = np.array([[placed[n] for n in names] for placed in fixtures])          # (demos, F, 2)
+        targets["fixtures"] = np.concatenate([np.repeat(per_demo[i][None], len(f["frames"]), axis=0)
+                                              for i, (f, _) in enumerate(rows)])
+        result["fixtures"] = names
     for name, columns in (("both", slice(None)), ("agentview", slice(0, width)), ("wrist", slice(width, None))):
-        result[name] = {"objects": fit_probe(x[:, columns], objects, test), "offset": fit_probe(x[:, columns], offset, test)}
+        result[name] = {key: fit_probe(x[:, columns], y, test) for key, y in targets.items()}
     near = np.linalg.norm(offset[:, 0], axis=1) < NEAR_M
     if near[test].sum() >= 5 and near[~test].sum() >= 20:
         result["near_offset"] = fit_probe(x[near], offset[near], test[near])
@@ -137,7 +161,7 @@ def position_probe(data_dir, tasks=None, cache_dir: str | None = None, suite: st
     out = {"data": str(data_dir), "cache": str(cache.path), "encoder_hash": cache.encoder_hash, "git_sha": git_sha(),
            "lift_m": LIFT_M, "near_m": NEAR_M, "tasks": {}}
     for task_id in tqdm(tasks, desc="position probe", unit="task", disable=not progress):
-        with LiberoEnv(suite, task_id, render=False) as env:
+        with LiberoEnv(suite, task_id, render=False, fast_reset=True) as env:
             env.reset(seed=0)
             path = H.find_task_file(data_dir, env.instruction)
             if path is None:
@@ -151,7 +175,7 @@ def position_probe(data_dir, tasks=None, cache_dir: str | None = None, suite: st
 def format_table(result: dict) -> str:
     """Markdown: per task, the probes' RMS errors against their baselines (cm)."""
     lines = ["| task | objects: both / agentview / wrist (baseline) | hand-to-target: both / agentview / wrist (baseline) "
-             "| last 10 cm (baseline) |", "|---|---|---|---|"]
+             "| last 10 cm (baseline) | fixtures: both / agentview / wrist (baseline) |", "|---|---|---|---|---|"]
     for task_id, r in result["tasks"].items():
         cells = []
         for key in ("objects", "offset"):
@@ -159,6 +183,8 @@ def format_table(result: dict) -> str:
                          + f" ({r['both'][key]['baseline_cm']:.1f})")
         near = r.get("near_offset")
         cells.append(f"{near['rms_cm']:.1f} ({near['baseline_cm']:.1f})" if near else "-")
+        cells.append(" / ".join(f"{r[c]['fixtures']['rms_cm']:.2f}" for c in ("both", "agentview", "wrist"))
+                     + f" ({r['both']['fixtures']['baseline_cm']:.2f})" if "fixtures" in r["both"] else "-")
         lines.append(f"| {task_id} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

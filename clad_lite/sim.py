@@ -348,6 +348,15 @@ class LiberoEnv:
         return {name: np.array(data.body_xpos[inner.obj_body_id[name]]) for name in inner.objects_dict
                 if name in inner.obj_body_id}
 
+    def fixture_positions(self) -> dict[str, np.ndarray]:
+        """``{name: (3,) world position}`` of the task's fixtures (LIBERO's ``fixtures_dict``: a stove, a
+        caddy, a cabinet...). They have no joint, so a flattened state does not hold them: each reset places
+        them, from ``seed`` (``_reset``), and nothing moves them after."""
+        inner = self.robosuite_env
+        data = self.sim.data
+        return {name: np.array(data.body_xpos[inner.obj_body_id[name]]) for name in inner.fixtures_dict
+                if name in inner.obj_body_id}
+
     def render_cameras(self) -> dict[str, np.ndarray]:
         """Render every camera now: ``{camera: (H, W, 3) uint8}``, upside down like the obs."""
         if not self.rendering:

@@ -73,3 +73,61 @@ def test_ridge_probe_can_choose_its_penalty_and_return_predictions():
 def test_data_without_an_embedding_cache_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="no embedding cache in"):
         P.position_probe(tmp_path, tasks=[0], progress=False)
+
+
+class FakeSceneEnv(FakeEnv):
+    """FakeEnv plus a fixture, a stove, that each reset places from its seed (+-1 cm), as LIBERO does."""
+
+    def reset(self, seed=None):
+        self.stove = np.array([0.5, 0.2]) + np.random.default_rng(seed).uniform(-0.01, 0.01, 2)
+
+    def fixture_positions(self):
+        return {"stove": np.array([*self.stove, 0.9])}
+
+
+class FakeDemoFile:
+    path, instruction = "fake", "put the box on the stove"
+
+    def __init__(self, n, seeds=True):
+        self.demos, self.seeds = [f"demo_{i}" for i in range(n)], seeds
+
+    def read(self, demo, keys):
+        states, actions = _demo()
+        return {"states": states, "actions": actions}
+
+    def group(self, demo):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(attrs={"env_seed": 100 + int(demo.split("_")[1])} if self.seeds else {})
+
+    def image_frames(self, demo):
+        return np.arange(0, 30, 3)
+
+
+class FakeCache:
+    """Rows aligned with the steps: the agentview embedding codes the stove's xy (plus noise), the wrist's
+    is noise alone."""
+
+    def __init__(self):
+        self.code = np.random.default_rng(2).normal(size=(2, 8))
+        self.noise = np.random.default_rng(3)
+
+    def frames(self, path, demo, camera):
+        env = FakeSceneEnv()
+        env.reset(100 + int(demo.split("_")[1]))
+        signal = (env.stove * 100) @ self.code if camera == "agentview_rgb" else np.zeros(8)
+        return signal + 0.01 * self.noise.normal(size=(30, 8))
+
+
+def test_fixtures_are_probed_where_each_demo_s_reset_placed_them():
+    result = P.probe_task(FakeSceneEnv(), FakeDemoFile(30), FakeCache())
+    assert result["fixtures"] == ["stove"]
+    seen, blind = result["agentview"]["fixtures"], result["wrist"]["fixtures"]
+    assert 0.5 < seen["baseline_cm"] < 1.2  # a uniform +-1 cm placement: 0.8 cm RMS in xy
+    assert seen["rms_cm"] < 0.1 * seen["baseline_cm"]
+    assert blind["rms_cm"] > 0.9 * blind["baseline_cm"]
+    assert "fixtures" in P.format_table({"tasks": {"2": result}}).splitlines()[0]
+    # without the demos' env_seed (official files) the fixtures' placement is unknown: no fixture probe
+    unseeded = P.probe_task(FakeSceneEnv(), FakeDemoFile(30, seeds=False), FakeCache())
+    assert "fixtures" not in unseeded and "fixtures" not in unseeded["both"]
+    assert P.format_table({"tasks": {"2": unseeded}}).splitlines()[-1].endswith("| - |")

@@ -195,3 +195,22 @@ def test_goal_predicates_show_partial_progress(env):
     for _ in range(20):
         env.step(NOOP_ACTION)
     assert env.goal_status() == (True, False) and not env.check_success()
+
+
+def test_fixtures_are_placed_by_the_reset_seed_not_by_the_state():
+    """A fixture (task 5's caddy) has no joint: the reset's seed places it, and restoring a state does not."""
+    with LiberoEnv("libero_10", 5, render=False, fast_reset=True) as caddy_env:
+        caddy_env.reset(seed=1)
+        first, state = caddy_env.fixture_positions(), caddy_env.get_sim_state().copy()
+        objects = caddy_env.object_positions()
+        caddy_env.reset(seed=2)
+        moved = caddy_env.fixture_positions()
+        caddy_env.set_sim_state(state)
+        restored = caddy_env.fixture_positions()
+        caddy_env.reset(seed=1)
+        again = caddy_env.fixture_positions()
+    assert list(first) == ["desk_caddy_1"] and "desk_caddy_1" not in objects
+    shift = np.linalg.norm(first["desk_caddy_1"] - moved["desk_caddy_1"])
+    assert 1e-4 < shift < 0.03
+    np.testing.assert_array_equal(restored["desk_caddy_1"], moved["desk_caddy_1"])
+    np.testing.assert_array_equal(again["desk_caddy_1"], first["desk_caddy_1"])
