@@ -214,3 +214,22 @@ def test_fixtures_are_placed_by_the_reset_seed_not_by_the_state():
     assert 1e-4 < shift < 0.03
     np.testing.assert_array_equal(restored["desk_caddy_1"], moved["desk_caddy_1"])
     np.testing.assert_array_equal(again["desk_caddy_1"], first["desk_caddy_1"])
+
+
+def test_a_fast_reset_places_the_seed_s_scene_whatever_ran_before():
+    """Upstream's hard reset is not a function of its seed alone on some tasks: on task 3 (the cabinet), a hard
+    reset after an episode placed the cabinet, the bowl and the bottle up to 4 cm from where the same seed put
+    them before (measured, 2026-12-06). A fast reset places the seed's scene whatever ran before, which
+    ``generate`` needs: pass 2 renders the fixtures where a reset with the demo's seed puts them."""
+    with LiberoEnv("libero_10", 3, render=False, fast_reset=True) as cabinet_env:
+        scenes = []
+        for _ in range(3):
+            cabinet_env.reset(seed=11)
+            scenes.append((cabinet_env.get_sim_state().copy(), cabinet_env.fixture_positions()))
+            rng = np.random.default_rng(0)
+            for _ in range(20):  # an episode moves the arm and what it hits
+                cabinet_env.step(rng.uniform(-1.0, 1.0, ACTION_DIM))
+    for state, fixtures in scenes[1:]:
+        np.testing.assert_array_equal(state, scenes[0][0])
+        for name, position in fixtures.items():
+            np.testing.assert_array_equal(position, scenes[0][1][name])
