@@ -9,7 +9,7 @@ with multisampling off, physics ~ 70-140 steps/s):
 **Pass 1 (physics only).** For attempt ``k`` of task ``i`` the environment is reset to a
 *fresh* placement seeded from ``(--seed, suite, i, k)`` (LIBERO samples object poses inside
 the BDDL regions; the 50 fixed init states are the evaluation set and are never used here;
-a fast reset, without upstream's MjSim rebuild of 2-4 s, places bitwise the same scene),
+a fast reset, without upstream's MjSim rebuild of 2-4 s: the seed's scene whatever ran before),
 the objects settle for ``SETTLE_STEPS`` no-op steps (not recorded), then the policy acts for
 at most ``budget`` steps (default: the suite's evaluation budget minus the settling, 505 for
 libero_10). The episode stops once ``check_success()`` has held for ``--success-hold`` + 1
@@ -280,8 +280,8 @@ def make_standin_policy(env, rng):
 # =========================================================================== worker side
 def _get_env(suite: str, task_id: int, render: bool, image_size: int, multisample: bool):
     """One cached environment per worker process (rebuilt when the task or mode changes), resetting fast:
-    the scene an attempt's seed places is bitwise a hard reset's (tests/test_sim.py), without rebuilding
-    the MjSim each attempt."""
+    without rebuilding the MjSim each attempt, and placing the seed's scene whatever the worker ran before,
+    which upstream's hard reset does not on every task (``LiberoEnv.fast_reset``, tests/test_sim.py)."""
     from clad_lite.sim import cached_env
 
     env = cached_env(suite, task_id, render=render, camera_obs=False, image_size=image_size, multisample=multisample)
