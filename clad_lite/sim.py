@@ -257,9 +257,10 @@ class LiberoEnv:
         """Whether ``reset`` skips robosuite's MjSim rebuild. Upstream LIBERO rebuilds it at every reset
         (``hard_reset = True``: 2-4 s on this CPU, against 0.1 s without); a fast reset starts from bitwise
         the state and trajectory of a hard reset of a freshly built environment, whether it places a fresh scene
-        or loads a fixed init state, whatever ran before (``_reset`` clears the gripper's command). A hard reset
-        after an episode does not always: on tasks 3, 8 and 9 it placed the seed's scene elsewhere (the cabinet
-        by 1.3 cm, objects by up to 4 cm). tests/test_sim.py checks both."""
+        or loads a fixed init state, whatever episodes ran before (``_reset`` clears the gripper's command). A hard
+        reset after an episode does not always: on tasks 3, 8 and 9 it placed the seed's scene elsewhere (the
+        cabinet by 1.3 cm, objects by up to 4 cm), and fast resets after it repeated that displaced scene until
+        the next rebuild. So an environment should reset one way only; tests/test_sim.py checks both."""
         return not self.robosuite_env.hard_reset
 
     @fast_reset.setter
