@@ -105,34 +105,32 @@ def fit_probe(x: np.ndarray, y: np.ndarray, test: np.ndarray) -> dict:
 def probe_task(env, demo_file: H.DemoFile, cache, holdout: float = 0.2) -> dict:
     """The probes of one task: both cameras, each camera alone, and the last approach (see the module);
     the fixtures too when the task has some and every demo records its ``env_seed``."""
-    rows, fixtures = [], []
+    rows = []  # (targets found, embeddings (n, 2E), fixtures placed or None) per demo that lifts something
     for demo in demo_file.demos:
         record = demo_file.read(demo, ["states", "actions"])
-        env_seed = demo_file.group(demo).attrs.get("env_seed")
-        placed = demo_fixtures(env, env_seed) if env_seed is not None else None
         found = demo_targets(env, record["states"], record["actions"], demo_file.image_frames(demo))
         if found is None:
             continue
+        env_seed = demo_file.group(demo).attrs.get("env_seed")
+        placed = demo_fixtures(env, env_seed) if env_seed is not None else None
         embeddings = [cache.frames(demo_file.path, demo, camera)[found["frames"]] for camera in CAMERAS]
-        rows.append((found, np.concatenate(embeddings, axis=1)))
-        fixtures.append(placed)
+        rows.append((found, np.concatenate(embeddings, axis=1), placed))
     if len(rows) < 5:
         raise UserError(f"{demo_file.path}: only {len(rows)} demos lift an object before their end; the probe needs 5")
     n_test = max(1, int(round(holdout * len(rows))))
-    demo_index = np.concatenate([np.full(len(f["frames"]), i) for i, (f, _) in enumerate(rows)])
+    demo_index = np.concatenate([np.full(len(f["frames"]), i) for i, (f, _, _) in enumerate(rows)])
     test = demo_index >= len(rows) - n_test
-    x = np.concatenate([e for _, e in rows])
-    objects = np.concatenate([f["objects"] for f, _ in rows])
-    offset = np.concatenate([f["offset"] for f, _ in rows])[:, None]
+    x = np.concatenate([e for _, e, _ in rows])
+    objects = np.concatenate([f["objects"] for f, _, _ in rows])
+    offset = np.concatenate([f["offset"] for f, _, _ in rows])[:, None]
     width = x.shape[1] // len(CAMERAS)
     result = {"instruction": demo_file.instruction, "objects": rows[0][0]["names"],
-              "targets": sorted({f["target"] for f, _ in rows}), "demos": len(rows), "test_demos": n_test}
+              "targets": sorted({f["target"] for f, _, _ in rows}), "demos": len(rows), "test_demos": n_test}
     targets = {"objects": objects, "offset": offset}
-    if all(placed for placed in fixtures):  # a task with fixtures, every demo with its env_seed
-        names = sorted(fixtures[0])
-        per_demo = np.array([[placed[n] for n in names] for placed in fixtures])          # (demos, F, 2)
-        targets["fixtures"] = np.concatenate([np.repeat(per_demo[i][None], len(f["frames"]), axis=0)
-                                              for i, (f, _) in enumerate(rows)])
+    if all(placed for _, _, placed in rows):  # a task with fixtures, every demo with its env_seed
+        names = sorted(rows[0][2])
+        targets["fixtures"] = np.concatenate([np.repeat(np.array([placed[n] for n in names])[None],   # (n, F, 2)
+                                                        len(f["frames"]), axis=0) for f, _, placed in rows])
         result["fixtures"] = names
     for name, columns in (("both", slice(None)), ("agentview", slice(0, width)), ("wrist", slice(width, None))):
         result[name] = {key: fit_probe(x[:, columns], y, test) for key, y in targets.items()}

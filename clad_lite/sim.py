@@ -346,19 +346,18 @@ class LiberoEnv:
     def object_positions(self) -> dict[str, np.ndarray]:
         """``{name: (3,) world position}`` of the task's movable objects now (LIBERO's ``objects_dict``;
         fixtures such as the stove or the cabinet are left out)."""
-        inner = self.robosuite_env
-        data = self.sim.data
-        return {name: np.array(data.body_xpos[inner.obj_body_id[name]]) for name in inner.objects_dict
-                if name in inner.obj_body_id}
+        return self._body_positions(self.robosuite_env.objects_dict)
 
     def fixture_positions(self) -> dict[str, np.ndarray]:
         """``{name: (3,) world position}`` of the task's fixtures (LIBERO's ``fixtures_dict``: a stove, a
         caddy, a cabinet...). They have no joint, so a flattened state does not hold them: each reset places
         them, from ``seed`` (``_reset``), and nothing moves them after."""
-        inner = self.robosuite_env
-        data = self.sim.data
-        return {name: np.array(data.body_xpos[inner.obj_body_id[name]]) for name in inner.fixtures_dict
-                if name in inner.obj_body_id}
+        return self._body_positions(self.robosuite_env.fixtures_dict)
+
+    def _body_positions(self, names) -> dict[str, np.ndarray]:
+        """``{name: (3,) world position}`` of the named bodies that the scene registered."""
+        body_ids = self.robosuite_env.obj_body_id
+        return {name: np.array(self.sim.data.body_xpos[body_ids[name]]) for name in names if name in body_ids}
 
     def render_cameras(self) -> dict[str, np.ndarray]:
         """Render every camera now: ``{camera: (H, W, 3) uint8}``, upside down like the obs."""
