@@ -180,6 +180,11 @@ class PolicyConfig:
         them only through CLaD's foresight, eq. 7-8). A scripted demonstrator's action depends on
         where it is in its current motion, which the state shows only after the arm has moved;
         the past actions show it at once.
+    obs_noise: stage-2 training only: add Gaussian noise of std obs_noise x (each feature's std over the
+        batch) to the observations CLaD and the policy read (proprio and vision, now and at t - tau;
+        not the language), so that the policy also sees observations near, not only on, the
+        demonstrations' (not the paper; 0 turns it off). Rollouts drift off the demos' states, and
+        cached embeddings of a frozen encoder allow no image augmentation.
     """
 
     proprio_dim: int = 16
@@ -203,9 +208,12 @@ class PolicyConfig:
     clip_sample: bool = True
     past_actions: bool = False
     prediction: str = "epsilon"
+    obs_noise: float = 0.0
 
     def __post_init__(self) -> None:
         _check(isinstance(self.past_actions, bool), "past_actions", self.past_actions, "must be a bool")
+        _check(isinstance(self.obs_noise, (int, float)) and 0.0 <= self.obs_noise <= 1.0, "obs_noise",
+               self.obs_noise, "must be a number in [0, 1]")
         _check_positive_ints(self, (
             "proprio_dim", "vision_dim", "language_dim", "action_dim", "horizon",
             "foresight_dim", "obs_dim", "obs_hidden_dim", "obs_layers", "hidden_dim",

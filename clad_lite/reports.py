@@ -213,6 +213,8 @@ def _run_settings(results: dict) -> dict:
             "prediction": config.get("policy", {}).get("prediction", "epsilon"),
             # the policy also reads its past actions a^{t-tau:t} (policy.past_actions; not the paper)
             "past_actions": bool(config.get("policy", {}).get("past_actions", False)),
+            # Gaussian noise on the observations in stage-2 training (policy.obs_noise; not the paper)
+            "obs_noise": float(config.get("policy", {}).get("obs_noise", 0.0)),
             "git": (results.get("provenance", {}).get("git_sha") or MISSING)[:7]}
 
 
@@ -244,7 +246,8 @@ def runs_table(runs: dict, profile_name: str) -> str:
         per_task = ",".join(str(int(t["successes"])) for t in sorted(results["per_task"], key=lambda t: t["task_id"]))
         rows.append(((s["steps"] or 0, s["foresight"] != "both", label),
                      [f"`{label}`", ("CLaD" if s["foresight"] == "both" else s["foresight"])
-                      + (" + past actions" if s["past_actions"] else ""),
+                      + (" + past actions" if s["past_actions"] else "")
+                      + (f", obs. noise {s['obs_noise']:g}" if s["obs_noise"] else ""),
                       f"{s['proprio']} ({proprio_dim(s['proprio'])}-D)" if s["proprio"] in PROPRIO_MODES else s["proprio"],
                       _vision_label(s), budget, weights, sampling,
                       fmt_rate(pool["successes"], pool["episodes"], pool["ci95"]), per_task, s["git"]]))

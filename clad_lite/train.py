@@ -108,6 +108,28 @@ def model_batch(window_batch: dict, cameras, device=None) -> dict:
     return batch
 
 
+NOISY_OBSERVATION_KEYS = ("proprio_past", "proprio", "vision_past", "vision")
+
+
+def jitter_observations(batch: dict, scale: float, generator: torch.Generator | None = None) -> dict:
+    """``batch`` with Gaussian noise on its observations (``policy.obs_noise``; stage-2 augmentation).
+
+    Each of ``NOISY_OBSERVATION_KEYS`` (B, D) gets ``scale * std_b(x) * N(0, I)``, the std taken per
+    feature over the batch, so normalised proprio and raw embeddings are perturbed alike relative to
+    how much they vary. Language, actions and the future are left as they are. ``scale = 0`` returns
+    ``batch`` itself.
+    """
+    if scale == 0:
+        return batch
+    noisy = dict(batch)
+    for key in NOISY_OBSERVATION_KEYS:
+        x = batch[key].float()
+        spread = x.std(dim=0, keepdim=True) if len(x) > 1 else torch.zeros_like(x[:1])
+        noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
+        noisy[key] = (x + scale * spread * noise).to(batch[key].dtype)
+    return noisy
+
+
 # =========================================================================== sampler
 class StepBatchSampler(torch.utils.data.Sampler):
     """Deterministic batches: this rank's share of the global batch of steps ``start..end-1``.
@@ -721,6 +743,7 @@ def train(profile, stage: int, out, *, data_dir=None, cache_dir=None, clad=None,
                 outputs = net(batch, mask_ratio=mask_ratio)
                 losses = [outputs[k] for k in loss_keys]
             else:
+                batch = jitter_observations(batch, profile.policy.obs_noise)  # 0: unchanged
                 foresight = None
                 if frozen_clad is not None:
                     with torch.no_grad():
@@ -830,6 +853,6 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-__all__ = ["train", "model_batch", "StepBatchSampler", "load_training_data", "load_checkpoint", "load_stage1",
+__all__ = ["train", "model_batch", "jitter_observations", "StepBatchSampler", "load_training_data", "load_checkpoint", "load_stage1",
            "checkpoint_weights",
            "plot_log", "profile_from_dict", "TrainResult", "TrainingData", "register"]

@@ -26,7 +26,8 @@ from clad_lite.config import ConfigError, apply_overrides, get_profile
 from clad_lite.demos import hdf5 as H
 from clad_lite.encoders.cache import CACHE_FORMAT
 from clad_lite.schedule import warmup_cosine
-from clad_lite.train import StepBatchSampler, load_checkpoint, load_training_data, model_batch, train
+from clad_lite.train import (StepBatchSampler, jitter_observations, load_checkpoint, load_training_data, model_batch,
+                             train)
 
 REPO = Path(__file__).resolve().parents[1]
 CAMERAS = ("agentview_rgb", "eye_in_hand_rgb")
@@ -125,6 +126,37 @@ def test_model_batch_maps_window_keys(data_dir):
     assert torch.equal(batch["vision_future"][:, 64:], window["eye_in_hand_rgb_next"])
     assert batch["proprio_past"].shape == (3, 16) and batch["language"].shape == (3, 64)
     assert batch["actions_past"].shape == batch["actions"].shape == (3, 6, 7)
+
+
+def test_jitter_observations_perturbs_each_feature_by_its_spread():
+    """policy.obs_noise: noise of std scale x (the feature's std over the batch) on the observations only."""
+    g = torch.Generator().manual_seed(0)
+    spread = torch.tensor([0.1, 1.0, 10.0])
+    batch = {key: torch.randn(4000, 3, generator=g) * spread + 5.0 for key in ("proprio_past", "proprio", "vision_past", "vision")}
+    batch |= {"vision_future": torch.randn(4000, 3), "language": torch.randn(4000, 3), "actions": torch.randn(4000, 6, 7)}
+    assert jitter_observations(batch, 0.0) is batch
+    noisy = jitter_observations(batch, 0.2, generator=torch.Generator().manual_seed(1))
+    for key in ("proprio_past", "proprio", "vision_past", "vision"):
+        ratio = (noisy[key] - batch[key]).std(dim=0) / spread
+        assert torch.allclose(ratio, torch.full((3,), 0.2), rtol=0.08), (key, ratio)
+    for key in ("vision_future", "language", "actions"):
+        assert noisy[key] is batch[key]
+    again = jitter_observations(batch, 0.2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(again["vision"], noisy["vision"])  # a function of the generator's state
+
+
+def test_obs_noise_is_validated_and_changes_stage_2_training(tmp_path, data_dir):
+    with pytest.raises(ConfigError, match="obs_noise"):
+        ci("policy.obs_noise=-0.1")
+    torch.set_num_threads(1)
+    args = ("stage2.warmup_steps=1", "stage2.steps=3", "stage2.checkpoint_every=3", "policy.foresight=none")
+    plain = train(ci(*args), 2, tmp_path / "plain", data_dir=data_dir, workers=0, progress=False)
+    same = train(ci(*args, "policy.obs_noise=0"), 2, tmp_path / "same", data_dir=data_dir, workers=0, progress=False)
+    noisy = train(ci(*args, "policy.obs_noise=0.5"), 2, tmp_path / "noisy", data_dir=data_dir, workers=0, progress=False)
+    def equal(a, b):
+        return all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
+
+    assert equal(plain, same) and not equal(plain, noisy)
 
 
 def test_user_errors(tmp_path, data_dir, capsys):
