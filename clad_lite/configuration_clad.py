@@ -32,6 +32,7 @@ SCHEDULES = ("linear", "cosine")
 RECON_SEMANTIC_TARGETS = ("film_target", "vision")
 FORESIGHT_NORMS = ("rms", "none")
 PREDICTIONS = ("epsilon", "sample")  # what the DDPM network outputs (clad_lite.ddpm.DDPM reads these)
+COND_INJECTIONS = ("input", "every_block")  # where the epsilon-network reads its condition (PolicyConfig)
 # which weights of a training checkpoint a model is loaded with (``clad_lite.train.checkpoint_weights``)
 WEIGHTS = ("auto", "ema", "raw")
 
@@ -185,6 +186,11 @@ class PolicyConfig:
         not the language), so that the policy also sees observations near, not only on, the
         demonstrations' (not the paper; 0 turns it off). Rollouts drift off the demos' states, and
         cached embeddings of a frozen encoder allow no image augmentation.
+    cond_injection: where the condition [emb(k) ; c] enters the epsilon-network. "input" (the
+        authors' code): concatenated to the noisy chunk before the input projection only.
+        "every_block" (not the paper): also a FiLM of each residual block's normalised input,
+        as Diffusion Policy (Chi et al., 2023) conditions every block, so that c is not
+        diluted through the depth of the network.
     """
 
     proprio_dim: int = 16
@@ -209,6 +215,7 @@ class PolicyConfig:
     past_actions: bool = False
     prediction: str = "epsilon"
     obs_noise: float = 0.0
+    cond_injection: str = "input"
 
     def __post_init__(self) -> None:
         _check(isinstance(self.past_actions, bool), "past_actions", self.past_actions, "must be a bool")
@@ -225,6 +232,7 @@ class PolicyConfig:
         _check_choice(self, "foresight_norm", FORESIGHT_NORMS)
         _check_choice(self, "schedule", SCHEDULES)
         _check_choice(self, "prediction", PREDICTIONS)
+        _check_choice(self, "cond_injection", COND_INJECTIONS)
         _check(isinstance(self.clip_sample, bool), "clip_sample", self.clip_sample,
                "must be a bool")
 

@@ -218,15 +218,25 @@ class SinusoidalEmbedding(nn.Module):
 
 
 class MLPResNetBlock(nn.Module):
-    """x + Linear(GELU(Linear(LN(x)))) : (B, D) -> (B, D), hidden width mlp_ratio * D."""
+    """x + Linear(GELU(Linear(LN(x)))) : (B, D) -> (B, D), hidden width mlp_ratio * D.
 
-    def __init__(self, dim: int, mlp_ratio: int = 4, dropout: float = 0.0):
+    With ``cond_dim`` > 0 the normalised input is FiLM-modulated by a condition (B, cond_dim)
+    first: x + MLP(FiLM(LN(x), cond)) (Diffusion Policy's per-block conditioning).
+    """
+
+    def __init__(self, dim: int, mlp_ratio: int = 4, dropout: float = 0.0, cond_dim: int = 0):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
+        self.film = FiLM(dim, cond_dim) if cond_dim > 0 else None
         self.mlp = MLP(dim, mlp_ratio * dim, dim, layers=1, dropout=dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.mlp(self.norm(x))
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.norm(x)
+        if self.film is not None:
+            if cond is None:
+                raise ValueError("this MLPResNetBlock was built with cond_dim > 0 and needs a condition")
+            h = self.film(h, cond)
+        return x + self.mlp(h)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

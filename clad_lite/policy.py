@@ -9,6 +9,8 @@ O = obs_dim, W = hidden_dim of the epsilon-network, tau = horizon, A = action_di
           (+ [; e_a(a^{t-tau:t})] with ``config.past_actions``, not the paper)
     eps_theta(a_k, k, c): [flatten(a_k) ; emb(k) ; c] -> Linear -> n_blocks x MLPResNetBlock
                           -> LN -> GELU -> Linear -> (B, tau, A)                          eq. 22
+          (``config.cond_injection="every_block"``, not the paper: each block also FiLMs its
+          normalised input by [emb(k) ; c])
     L_policy = ||eps - eps_theta(sqrt(abar_k) a_0 + sqrt(1 - abar_k) eps, k, c)||^2       eq. 22
 
 e_s has its own (trainable) FiLM(v, l), like CLaD's semantic state; CLaD itself is frozen in
@@ -46,13 +48,18 @@ class EpsilonNetwork(nn.Module):
         self.time_embed = nn.Sequential(SinusoidalEmbedding(c.time_embed_dim),
                                         MLP(c.time_embed_dim, 2 * c.time_embed_dim, c.time_embed_dim))
         self.input = nn.Linear(c.horizon * c.action_dim + c.time_embed_dim + cond_dim, W)
-        self.blocks = nn.Sequential(*(MLPResNetBlock(W, c.mlp_ratio, c.dropout) for _ in range(c.n_blocks)))
+        # "every_block" (not the paper): [emb(k) ; c] also FiLMs each block (PolicyConfig.cond_injection)
+        block_cond_dim = c.time_embed_dim + cond_dim if c.cond_injection == "every_block" else 0
+        self.blocks = nn.ModuleList(MLPResNetBlock(W, c.mlp_ratio, c.dropout, block_cond_dim)
+                                    for _ in range(c.n_blocks))
         self.output = nn.Sequential(nn.LayerNorm(W), nn.GELU(), nn.Linear(W, c.horizon * c.action_dim))
 
     def forward(self, noisy_actions: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([rearrange(noisy_actions, "b t a -> b (t a)"),
-                       self.time_embed(k).to(cond.dtype), cond], dim=-1)
-        x = self.output(self.blocks(self.input(x)))
+        step_and_cond = torch.cat([self.time_embed(k).to(cond.dtype), cond], dim=-1)   # (B, T + C)
+        x = self.input(torch.cat([rearrange(noisy_actions, "b t a -> b (t a)"), step_and_cond], dim=-1))
+        for block in self.blocks:
+            x = block(x, step_and_cond)   # the blocks of "input" ignore it (no FiLM)
+        x = self.output(x)
         return rearrange(x, "b (t a) -> b t a", t=self.horizon)
 
 

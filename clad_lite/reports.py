@@ -215,6 +215,8 @@ def _run_settings(results: dict) -> dict:
             "past_actions": bool(config.get("policy", {}).get("past_actions", False)),
             # Gaussian noise on the observations in stage-2 training (policy.obs_noise; not the paper)
             "obs_noise": float(config.get("policy", {}).get("obs_noise", 0.0)),
+            # the condition also FiLMs every residual block of the epsilon-network (policy.cond_injection)
+            "cond_injection": config.get("policy", {}).get("cond_injection", "input"),
             "git": (results.get("provenance", {}).get("git_sha") or MISSING)[:7]}
 
 
@@ -247,7 +249,8 @@ def runs_table(runs: dict, profile_name: str) -> str:
         rows.append(((s["steps"] or 0, s["foresight"] != "both", label),
                      [f"`{label}`", ("CLaD" if s["foresight"] == "both" else s["foresight"])
                       + (" + past actions" if s["past_actions"] else "")
-                      + (f", obs. noise {s['obs_noise']:g}" if s["obs_noise"] else ""),
+                      + (f", obs. noise {s['obs_noise']:g}" if s["obs_noise"] else "")
+                      + (", FiLM per block" if s["cond_injection"] == "every_block" else ""),
                       f"{s['proprio']} ({proprio_dim(s['proprio'])}-D)" if s["proprio"] in PROPRIO_MODES else s["proprio"],
                       _vision_label(s), budget, weights, sampling,
                       fmt_rate(pool["successes"], pool["episodes"], pool["ci95"]), per_task, s["git"]]))

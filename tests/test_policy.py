@@ -201,3 +201,26 @@ def test_past_actions_join_the_condition(mode):
     assert with_past.e_a.net[0].weight.grad.abs().sum() > 0
     with pytest.raises(KeyError, match="actions_past"):
         with_past.condition({k: v for k, v in b.items() if k != "actions_past"}, f)
+
+
+def test_cond_injection_every_block_films_each_residual_block():
+    """policy.cond_injection="every_block": each block FiLMs LN(x) by [emb(k) ; c]; a fresh FiLM is the
+    identity, so it starts as the "input" network, and "input" keeps its (checkpoint) parameter names."""
+    with pytest.raises(ValueError, match="cond_injection"):
+        dataclasses.replace(POLICY_CFG, cond_injection="bogus")
+    plain, film = policy(), policy(cond_injection="every_block")
+    assert not any("film" in name for name, _ in plain.eps_net.named_parameters())
+    missing = film.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == sorted(f"eps_net.blocks.{i}.film.proj.{p}" for i in range(POLICY_CFG.n_blocks)
+                                     for p in ("weight", "bias"))
+    b, f, k = batch(), foresight(), torch.randint(0, POLICY_CFG.diffusion_steps, (B,))
+    with torch.no_grad():
+        cond = plain.condition(b, f)
+        torch.testing.assert_close(film.eps_net(b["actions"], k, cond), plain.eps_net(b["actions"], k, cond))
+    film.loss(b, f).backward()
+    assert all(block.film.proj.weight.grad.abs().sum() > 0 for block in film.eps_net.blocks)
+    randomize_films(film)
+    with torch.no_grad():
+        assert not torch.allclose(film.eps_net(b["actions"], k, cond), plain.eps_net(b["actions"], k, cond))
+    assert film.num_parameters() - plain.num_parameters() == POLICY_CFG.n_blocks * (
+        (POLICY_CFG.time_embed_dim + 2 * POLICY_CFG.foresight_dim + 1) * 2 * POLICY_CFG.hidden_dim)
