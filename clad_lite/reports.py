@@ -186,38 +186,39 @@ def committed_runs(profile_name: str, root=None) -> dict[str, tuple[dict, str]]:
 
 def _run_settings(results: dict) -> dict:
     """What a results file says about how its policy was made (from its provenance)."""
-    config = results.get("provenance", {}).get("config", {})
-    stage2 = config.get("stage2", {})
-    return {"foresight": config.get("policy", {}).get("foresight", MISSING),
+    provenance, protocol = results.get("provenance", {}), results.get("protocol", {})
+    config = provenance.get("config", {})
+    stage2, policy, data = (config.get(section, {}) for section in ("stage2", "policy", "data"))
+    return {"foresight": policy.get("foresight", MISSING),
             # the proprioception the models read (clad_lite.demos.windows); files from before the
             # field existed used the paper's joint angles + velocities
-            "proprio": config.get("data", {}).get("proprio", "paper"),
+            "proprio": data.get("proprio", "paper"),
             # what filled the vision slot (clad_lite.state_oracle) and how far apart the training windows were
-            "vision": config.get("data", {}).get("vision_source", "encoder"),
-            "window_stride": config.get("data", {}).get("image_stride"),
+            "vision": data.get("vision_source", "encoder"),
+            "window_stride": data.get("image_stride"),
             # which scripted expert made the demonstrations (data.expert_motion); files from before the
             # field: the min-jerk expert
-            "expert_motion": config.get("data", {}).get("expert_motion", "min_jerk"),
-            "demos_per_task": config.get("data", {}).get("demos_per_task", 50),
+            "expert_motion": data.get("expert_motion", "min_jerk"),
+            "demos_per_task": data.get("demos_per_task", 50),
             "steps": stage2.get("steps"), "batch": stage2.get("batch_size"),
             "ema_decay": stage2.get("ema_decay", 0.0),
             # evaluations written before weights were recorded used the raw weights
-            "weights": results.get("protocol", {}).get("weights", "raw"),
+            "weights": protocol.get("weights", "raw"),
             # how each executed chunk was drawn: the mean of N draws (eval --action-samples), and what the
             # denoiser predicts (policy.prediction); files from before either field: one draw of an eps model
-            "action_samples": int(results.get("protocol", {}).get("action_samples", 1)),
-            "gripper_hysteresis": results.get("protocol", {}).get("gripper_hysteresis"),
+            "action_samples": int(protocol.get("action_samples", 1)),
+            "gripper_hysteresis": protocol.get("gripper_hysteresis"),
             # a query every q < tau steps executes only the first q actions of each chunk (eval --query-every)
-            "query_every": results.get("protocol", {}).get("query_every"),
-            "replan_every": results.get("protocol", {}).get("replan_every"),
-            "prediction": config.get("policy", {}).get("prediction", "epsilon"),
+            "query_every": protocol.get("query_every"),
+            "replan_every": protocol.get("replan_every"),
+            "prediction": policy.get("prediction", "epsilon"),
             # the policy also reads its past actions a^{t-tau:t} (policy.past_actions; not the paper)
-            "past_actions": bool(config.get("policy", {}).get("past_actions", False)),
+            "past_actions": bool(policy.get("past_actions", False)),
             # Gaussian noise on the observations in stage-2 training (policy.obs_noise; not the paper)
-            "obs_noise": float(config.get("policy", {}).get("obs_noise", 0.0)),
+            "obs_noise": float(policy.get("obs_noise", 0.0)),
             # the condition also FiLMs every residual block of the epsilon-network (policy.cond_injection)
-            "cond_injection": config.get("policy", {}).get("cond_injection", "input"),
-            "git": (results.get("provenance", {}).get("git_sha") or MISSING)[:7]}
+            "cond_injection": policy.get("cond_injection", "input"),
+            "git": (provenance.get("git_sha") or MISSING)[:7]}
 
 
 def _vision_label(settings: dict) -> str:
