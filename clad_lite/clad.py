@@ -312,7 +312,8 @@ def make_dummy_batch(config, batch_size: int, generator: torch.Generator | None 
     """A random batch with every key of stage 1 and stage 2, for shape checks and demos.
 
     ``config`` is a ``CLaDConfig`` or ``PolicyConfig`` (same observation fields). States and
-    embeddings ~ N(0, 1); ``actions_past`` and ``actions`` (B, tau, A) ~ U(-1, 1).
+    embeddings ~ N(0, 1); ``actions_past`` (B, tau, A) and ``actions`` (B, L, A) ~ U(-1, 1), L the
+    policy's ``chunk_length`` (tau for a ``CLaDConfig``).
     """
     B, tau, A = batch_size, config.horizon, config.action_dim
 
@@ -328,7 +329,7 @@ def make_dummy_batch(config, batch_size: int, generator: torch.Generator | None 
         batch["vision" + when] = normal(B, config.vision_dim)
     batch["language"] = normal(B, config.language_dim)
     batch["actions_past"] = uniform(B, tau, A)
-    batch["actions"] = uniform(B, tau, A)
+    batch["actions"] = uniform(B, getattr(config, "chunk_length", tau), A)
     return batch
 
 

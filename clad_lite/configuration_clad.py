@@ -191,6 +191,11 @@ class PolicyConfig:
         "every_block" (not the paper): also a FiLM of each residual block's normalised input,
         as Diffusion Policy (Chi et al., 2023) conditions every block, so that c is not
         diluted through the depth of the network.
+    extra_actions: the epsilon-network predicts the chunk a^{t:t+tau+extra_actions} and a rollout
+        executes its first tau actions (Diffusion Policy's prediction horizon T_p > action horizon
+        T_a; not the paper, whose chunk is exactly the tau executed actions, eq. 22): the network
+        is trained on where the motion goes after the executed part, which ties consecutive chunks
+        together. 0 (the default) is the paper. ``chunk_length`` = tau + extra_actions.
     """
 
     proprio_dim: int = 16
@@ -216,9 +221,12 @@ class PolicyConfig:
     prediction: str = "epsilon"
     obs_noise: float = 0.0
     cond_injection: str = "input"
+    extra_actions: int = 0
 
     def __post_init__(self) -> None:
         _check(isinstance(self.past_actions, bool), "past_actions", self.past_actions, "must be a bool")
+        _check(isinstance(self.extra_actions, int) and not isinstance(self.extra_actions, bool)
+               and self.extra_actions >= 0, "extra_actions", self.extra_actions, "must be an int >= 0")
         _check(isinstance(self.obs_noise, (int, float)) and 0.0 <= self.obs_noise <= 1.0, "obs_noise",
                self.obs_noise, "must be a number in [0, 1]")
         _check_positive_ints(self, (
@@ -240,6 +248,11 @@ class PolicyConfig:
     def uses_clad(self) -> bool:
         """False for the "Policy only" baseline, which needs no stage-1 model."""
         return self.foresight != "none"
+
+    @property
+    def chunk_length(self) -> int:
+        """Actions per predicted chunk: the tau executed ones plus ``extra_actions``."""
+        return self.horizon + self.extra_actions
 
 
 def _observation_dims(embed_dim: int) -> dict:

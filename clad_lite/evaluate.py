@@ -536,7 +536,8 @@ class Agent:
         return np.concatenate(parts).astype(self.cache_dtype).astype(np.float32)
 
     def plan(self, t: int, proprio: list, vision: dict, executed: list, language: np.ndarray, generator) -> np.ndarray:
-        """A normalised chunk (τ, 7) at policy step t, from the history."""
+        """A normalised chunk (L, 7) at policy step t, from the history; L = τ + policy.extra_actions, of
+        which the rollout executes the first τ (the next query replaces the chunk)."""
         import torch
 
         tau = self.tau

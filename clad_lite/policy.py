@@ -1,14 +1,15 @@
 """Stage 2: the diffusion policy guided by latent foresight (eq. 20-22).
 
 Shapes: B batch, D_p / D_v / D_l observation widths, H = foresight_dim (CLaD's hidden_dim),
-O = obs_dim, W = hidden_dim of the epsilon-network, tau = horizon, A = action_dim (7).
+O = obs_dim, W = hidden_dim of the epsilon-network, tau = horizon, A = action_dim (7),
+L = chunk_length = tau + extra_actions (tau, the paper, unless ``config.extra_actions`` > 0).
 
     o_p = e_p(p^t),  o_s = e_s(s_v^t, s_l)           (B, O)     eq. 20
     g_p = FiLM(zhat_p, o_p),  g_s = FiLM(zhat_s, o_s)  (B, H)    eq. 21 (obs gives scale, shift)
     c   = [g_p; g_s] | g_p | g_s | [o_p; o_s]           by ``config.foresight`` (figure 3)
           (+ [; e_a(a^{t-tau:t})] with ``config.past_actions``, not the paper)
     eps_theta(a_k, k, c): [flatten(a_k) ; emb(k) ; c] -> Linear -> n_blocks x MLPResNetBlock
-                          -> LN -> GELU -> Linear -> (B, tau, A)                          eq. 22
+                          -> LN -> GELU -> Linear -> (B, L, A)                            eq. 22
           (``config.cond_injection="every_block"``, not the paper: each block also FiLMs its
           normalised input by [emb(k) ; c])
     L_policy = ||eps - eps_theta(sqrt(abar_k) a_0 + sqrt(1 - abar_k) eps, k, c)||^2       eq. 22
@@ -19,7 +20,7 @@ call ``clad.foresight`` under ``torch.no_grad``). The policy-only baseline
 (``foresight="none"``) never needs a CLaD.
 
 Batch keys: ``proprio`` (B, D_p), ``vision`` (B, D_v), ``language`` (B, D_l),
-``actions`` (B, tau, A) = a^{t:t+tau} in [-1, 1] (training only), plus CLaD's
+``actions`` (B, L, A) = a^{t:t+L} in [-1, 1] (training only), plus CLaD's
 ``FORESIGHT_BATCH_KEYS`` / ``actions_past`` when the policy has to compute foresights.
 """
 
@@ -38,21 +39,21 @@ POLICY_BATCH_KEYS = ("proprio", "vision", "language", "actions")
 
 
 class EpsilonNetwork(nn.Module):
-    """MLP-ResNet noise predictor: a_k (B, tau, A), k (B,), cond (B, C) -> eps (B, tau, A)."""
+    """MLP-ResNet noise predictor: a_k (B, L, A), k (B,), cond (B, C) -> eps (B, L, A)."""
 
     def __init__(self, config: PolicyConfig, cond_dim: int):
         super().__init__()
         c = config
-        self.horizon, self.action_dim = c.horizon, c.action_dim
+        self.chunk_length, self.action_dim = c.chunk_length, c.action_dim
         W = c.hidden_dim
         self.time_embed = nn.Sequential(SinusoidalEmbedding(c.time_embed_dim),
                                         MLP(c.time_embed_dim, 2 * c.time_embed_dim, c.time_embed_dim))
-        self.input = nn.Linear(c.horizon * c.action_dim + c.time_embed_dim + cond_dim, W)
+        self.input = nn.Linear(c.chunk_length * c.action_dim + c.time_embed_dim + cond_dim, W)
         # "every_block" (not the paper): [emb(k) ; c] also FiLMs each block (PolicyConfig.cond_injection)
         block_cond_dim = c.time_embed_dim + cond_dim if c.cond_injection == "every_block" else 0
         self.blocks = nn.ModuleList(MLPResNetBlock(W, c.mlp_ratio, c.dropout, block_cond_dim)
                                     for _ in range(c.n_blocks))
-        self.output = nn.Sequential(nn.LayerNorm(W), nn.GELU(), nn.Linear(W, c.horizon * c.action_dim))
+        self.output = nn.Sequential(nn.LayerNorm(W), nn.GELU(), nn.Linear(W, c.chunk_length * c.action_dim))
 
     def forward(self, noisy_actions: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         step_and_cond = torch.cat([self.time_embed(k).to(cond.dtype), cond], dim=-1)   # (B, T + C)
@@ -60,15 +61,15 @@ class EpsilonNetwork(nn.Module):
         for block in self.blocks:
             x = block(x, step_and_cond)   # the blocks of "input" ignore it (no FiLM)
         x = self.output(x)
-        return rearrange(x, "b (t a) -> b t a", t=self.horizon)
+        return rearrange(x, "b (t a) -> b t a", t=self.chunk_length)
 
 
 class ForesightPolicy(nn.Module):
-    """Diffusion policy over action chunks a^{t:t+tau}, conditioned on latent foresight.
+    """Diffusion policy over action chunks a^{t:t+L}, conditioned on latent foresight.
 
     ``loss(batch, foresight=None, clad=None)`` -> scalar eq. 22 loss (float32);
-    ``sample_actions(obs, foresight=None, clad=None, generator=None, num_samples=1)`` -> (B, tau, A)
-    in [-1, 1] (the mean of ``num_samples`` draws).
+    ``sample_actions(obs, foresight=None, clad=None, generator=None, num_samples=1)`` -> (B, L, A)
+    in [-1, 1] (the mean of ``num_samples`` draws); a rollout executes the first tau of the L.
     Foresights come either as a ``Foresight`` / (zhat_p, zhat_s) pair of (B, H) tensors or
     from a frozen ``clad`` evaluated on the batch; ignored when ``foresight="none"``.
     """
@@ -143,7 +144,11 @@ class ForesightPolicy(nn.Module):
     # ----------------------------------------------------------- train / act
     def loss(self, batch: dict, foresight: Foresight | tuple | None = None,
              clad: CLaD | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Eq. 22 on ``batch['actions']`` (B, tau, A); float32 scalar."""
+        """Eq. 22 on ``batch['actions']`` (B, L, A); float32 scalar."""
+        expected = (self.config.chunk_length, self.config.action_dim)
+        if tuple(batch["actions"].shape[1:]) != expected:
+            raise ValueError(f"batch['actions'] has shape {tuple(batch['actions'].shape)}, the policy predicts chunks of "
+                             f"{expected} (horizon {self.config.horizon} + extra_actions {self.config.extra_actions})")
         cond = self.condition(batch, foresight, clad)
         return self.ddpm.loss(lambda a_k, k: self.eps_net(a_k, k, cond), batch["actions"],
                               generator=generator)
@@ -155,7 +160,7 @@ class ForesightPolicy(nn.Module):
                        clad: CLaD | None = None,
                        generator: torch.Generator | None = None,
                        num_samples: int = 1) -> torch.Tensor:
-        """Reverse diffusion (eq. 3) from N(0, I) -> action chunk (B, tau, A) in [-1, 1].
+        """Reverse diffusion (eq. 3) from N(0, I) -> action chunk (B, L, A) in [-1, 1].
 
         ``num_samples`` = N > 1 draws N chunks per observation in one batched pass (B * N) and
         returns their mean: an estimate of E[a^{t:t+tau} | c] instead of one draw. Not the paper's
@@ -169,7 +174,7 @@ class ForesightPolicy(nn.Module):
         batch = cond.shape[0]
         if num_samples > 1:
             cond = cond.repeat_interleave(num_samples, dim=0)                # (B * N, C)
-        shape = (cond.shape[0], self.config.horizon, self.config.action_dim)
+        shape = (cond.shape[0], self.config.chunk_length, self.config.action_dim)
         actions = self.ddpm.sample(lambda a_k, k: self.eps_net(a_k, k, cond), shape,
                                    device=cond.device, generator=generator)
         if num_samples > 1:

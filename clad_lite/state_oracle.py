@@ -180,7 +180,8 @@ def load_state_training_data(profile, data_dir=None):
         # so data.image_stride=1 gives the windows of a fully rendered data set)
         dataset = WindowDataset(files, tau=profile.clad.horizon, proprio=profile.data.proprio,
                                 cameras=profile.data.cameras, embeddings=embeddings,
-                                text_embeddings=observation.language, window_stride=profile.data.image_stride)
+                                text_embeddings=observation.language, window_stride=profile.data.image_stride,
+                                future=profile.policy.chunk_length)
     except (KeyError, ValueError) as error:
         raise UserError(f"cannot build state-oracle windows from {data_dir}: {error}") from error
     # the run keeps its statistics (and so its one-hot codes), whatever later happens to the data folder

@@ -258,7 +258,8 @@ def load_training_data(profile, data_dir=None, cache_dir=None) -> TrainingData:
                     arrays[(path.name, demo, camera)] = frames.astype(store_dtype)
         try:
             dataset = WindowDataset(files, tau=profile.clad.horizon, proprio=profile.data.proprio, cameras=cameras,
-                                    embeddings=ArrayEmbeddings(arrays), text_embeddings=cache.text)
+                                    embeddings=ArrayEmbeddings(arrays), text_embeddings=cache.text,
+                                    future=profile.policy.chunk_length)
         except (KeyError, ValueError) as error:
             raise UserError(f"cannot build training windows from {data_dir}: {error}") from error
         encoder_hash = cache.encoder_hash

@@ -93,6 +93,33 @@ def test_inside_edge_rule_has_no_padding(ours):
     assert not any(ds[i]["actions_is_pad"].any() or ds[i]["actions_past_is_pad"].any() for i in range(len(ds)))
 
 
+def test_a_longer_target_chunk_reads_further_ahead_and_pads_the_end(ours):
+    """future = L > τ (PolicyConfig.extra_actions): ``actions`` = a^{t:t+L}; the past, the frames and
+    the window positions stay those of τ, and "inside" drops the windows whose L actions overrun."""
+    L = 2 * TAU
+    ds = WindowDataset([ours], normalize=False, future=L)
+    plain = WindowDataset([ours], normalize=False)
+    a = _raw(ours, "demo_0")["actions"]
+    assert len(ds) == len(plain)
+    item, reference = ds[10], plain[10]
+    assert item["actions"].shape == (L, 7) and item["actions_is_pad"].shape == (L,)
+    np.testing.assert_allclose(item["actions"], a[10:22], rtol=1e-6)
+    for key in ("actions_past", "proprio_prev", "proprio", "proprio_next", "agentview_rgb_next"):
+        torch.testing.assert_close(item[key], reference[key])
+    item = ds[22]  # 8 real actions left in the 30-step demo, then the hold
+    hold = np.zeros(7)
+    hold[6] = a[-1, 6]
+    np.testing.assert_allclose(item["actions"][:8], a[22:30], rtol=1e-6)
+    np.testing.assert_allclose(item["actions"][8:], np.tile(hold, (4, 1)))
+    assert item["actions_is_pad"].tolist() == [False] * 8 + [True] * 4
+    inside = WindowDataset([ours], normalize=False, future=L, edge="inside")
+    ts = [int(inside[i]["t"]) for i in range(len(inside)) if int(inside[i]["demo_index"]) == 0]
+    assert ts == list(range(TAU, 30 - L + 1))
+    assert not any(inside[i]["actions_is_pad"].any() for i in range(len(inside)))
+    with pytest.raises(ValueError, match="future"):
+        WindowDataset([ours], future=0)
+
+
 def test_images_upright_by_default(ours):
     raw = _raw(ours, "demo_0")["obs/agentview_rgb"]
     item = WindowDataset([ours], normalize=False)[7]

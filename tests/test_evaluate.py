@@ -120,7 +120,8 @@ def test_in_process_rollouts_use_one_torch_thread_like_the_workers(tmp_path):
 
 
 # --------------------------------------------------------------------------- a tiny run
-def make_tiny_run(root: Path, foresight: str = "both", max_steps: int = 30, ema: bool = False) -> Path:
+def make_tiny_run(root: Path, foresight: str = "both", max_steps: int = 30, ema: bool = False,
+                  overrides: tuple[str, ...] = ()) -> Path:
     """A stage-2 run folder with random ci-sized models, its stage-1 run, data stats and encoder.
 
     ``ema``: the policy checkpoints also hold a weight EMA (another random policy), in the
@@ -134,7 +135,8 @@ def make_tiny_run(root: Path, foresight: str = "both", max_steps: int = 30, ema:
     from clad_lite.policy import ForesightPolicy
     from clad_lite.train import CHECKPOINT_FORMAT
 
-    profile = apply_overrides(get_profile("ci"), [f"eval.max_steps={max_steps}", f"policy.foresight={foresight}"])
+    profile = apply_overrides(get_profile("ci"), [f"eval.max_steps={max_steps}", f"policy.foresight={foresight}",
+                                                  *overrides])
     torch.manual_seed(0)
     data_dir = root / "data"
     data_dir.mkdir(parents=True)
@@ -275,6 +277,31 @@ def test_policy_only_run_is_deterministic_per_seed(tmp_path):
     plan = lambda s: agent.plan(0, proprio, vision, [], language, torch.Generator().manual_seed(s))
     np.testing.assert_array_equal(plan(episode_seed(7, TASK, 1)), plan(episode_seed(7, TASK, 1)))
     assert not np.allclose(plan(episode_seed(7, TASK, 1)), plan(episode_seed(7, TASK, 2)))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_longer_predicted_chunk_executes_its_first_tau_actions(tmp_path):
+    """policy.extra_actions = 6: each query predicts 12 actions; the rollout executes the first τ = 6 of
+    each and queries again, so the last 6 of every chunk are never executed."""
+    from clad_lite.evaluate import Agent, load_run
+
+    torch.set_num_threads(1)
+    run_dir = make_tiny_run(tmp_path / "r", foresight="none", max_steps=13, overrides=("policy.extra_actions=6",))
+    spec = dict(load_run(run_dir), suite="libero_10", max_steps=13, warmup_steps=2, query_every=6, ensemble=False,
+                start_actions="noop", seed=7, fast_reset=True, video_dir=str(tmp_path / "v"))
+    agent = Agent(spec)
+    env = agent.env(TASK)
+    original_step, original_plan, seen, chunks = env.step, agent.plan, [], []
+    env.step = lambda action: (seen.append(np.asarray(action).copy()), original_step(action))[1]
+    agent.plan = lambda *args: (chunks.append(original_plan(*args)), chunks[-1])[1]
+    try:
+        record = agent.rollout({"task_id": TASK, "episode": 0})
+    finally:
+        env.step = original_step
+    assert record["queries"] == 3 and [c.shape for c in chunks] == [(12, 7)] * 3
+    executed = np.concatenate([chunks[0][:6], chunks[1][:6], chunks[2][:1]])
+    expected = np.clip(agent.normalizer.unnormalize_actions(executed), -1.0, 1.0)
+    np.testing.assert_allclose(np.stack(seen[2:]), expected, rtol=1e-6, atol=1e-7)
 
 
 def test_open_loop_and_temporal_ensembling_pick_actions():

@@ -224,3 +224,25 @@ def test_cond_injection_every_block_films_each_residual_block():
         assert not torch.allclose(film.eps_net(b["actions"], k, cond), plain.eps_net(b["actions"], k, cond))
     assert film.num_parameters() - plain.num_parameters() == POLICY_CFG.n_blocks * (
         (POLICY_CFG.time_embed_dim + 2 * POLICY_CFG.foresight_dim + 1) * 2 * POLICY_CFG.hidden_dim)
+
+
+def test_extra_actions_predict_a_longer_chunk_than_tau():
+    """policy.extra_actions = e: the network maps chunks of L = τ + e actions; the past actions it may
+    read stay τ long; a batch of τ-long targets is refused by name; negative values are refused."""
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="extra_actions"):
+            dataclasses.replace(POLICY_CFG, extra_actions=bad)
+    config = dataclasses.replace(POLICY_CFG, extra_actions=6, past_actions=True)
+    L = POLICY_CFG.horizon + 6
+    assert config.chunk_length == L and POLICY_CFG.chunk_length == POLICY_CFG.horizon
+    pol = policy(extra_actions=6, past_actions=True)
+    b = make_dummy_batch(config, B, torch.Generator().manual_seed(0))
+    assert b["actions"].shape == (B, L, 7) and b["actions_past"].shape == (B, POLICY_CFG.horizon, 7)
+    pol.loss(b, foresight()).backward()
+    actions = pol.sample_actions(b, foresight(), generator=torch.Generator().manual_seed(0))
+    assert actions.shape == (B, L, 7) and actions.abs().max() <= 1.0
+    with pytest.raises(ValueError, match=r"extra_actions 6"):
+        pol.loss(batch(), foresight())  # τ-long targets
+    # only the input and output projections grow, by the 6 x 7 extra action values
+    grown = policy(extra_actions=6).num_parameters() - policy().num_parameters()
+    assert grown == 6 * 7 * POLICY_CFG.hidden_dim + POLICY_CFG.hidden_dim * 6 * 7 + 6 * 7

@@ -159,6 +159,19 @@ def test_obs_noise_is_validated_and_changes_stage_2_training(tmp_path, data_dir)
     assert equal(plain, same) and not equal(plain, noisy)
 
 
+def test_extra_actions_train_on_longer_target_chunks(tmp_path, data_dir):
+    """policy.extra_actions = e: stage 2's windows carry a^{t:t+τ+e} and the saved policy predicts them."""
+    torch.set_num_threads(1)
+    profile = ci("stage2.warmup_steps=1", "stage2.steps=2", "stage2.checkpoint_every=2", "policy.foresight=none",
+                 "policy.extra_actions=6")
+    data = load_training_data(profile, data_dir)
+    assert data.dataset[0]["actions"].shape == (profile.clad.horizon + 6, 7)
+    result = train(profile, 2, tmp_path / "long", data=data, workers=0, progress=False)
+    assert result.model.config.chunk_length == profile.clad.horizon + 6
+    saved = json.loads((tmp_path / "long" / "config.json").read_text())
+    assert saved["policy"]["extra_actions"] == 6
+
+
 def test_user_errors(tmp_path, data_dir, capsys):
     assert cli_main(["train", "--stage", "1", "--profile", "ci", "--data", str(tmp_path / "none"),
                      "--out", str(tmp_path / "r")]) == 2

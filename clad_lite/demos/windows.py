@@ -13,9 +13,9 @@ key                          shape per item     meaning
 ``<cam>_next``               or (D,) float32    obs key (``agentview_rgb``, ``eye_in_hand_rgb``);
                                                 an embedding instead when ``embeddings`` is given
 ``actions_past``             (τ, 7) float32     a^{t-τ:t} (normalised to [-1, 1])
-``actions``                  (τ, 7) float32     the target chunk a^{t:t+τ}
+``actions``                  (L, 7) float32     the target chunk a^{t:t+L}, L = ``future`` (τ by default)
 ``actions_past_is_pad``      (τ,) bool          True where ``actions_past`` is edge padding
-``actions_is_pad``           (τ,) bool          True where ``actions`` is edge padding
+``actions_is_pad``           (L,) bool          True where ``actions`` is edge padding
 ``task_id``                  () int64           index into ``dataset.instructions``
 ``instruction``              str                the language instruction (collates to a list)
 ``instruction_emb``          (D_l,) float32     only when ``text_embeddings`` is given
@@ -33,7 +33,7 @@ p^{t+τ} after the end the last one). Past actions before the start are the no-o
 ``[0, 0, 0, 0, 0, 0, -1]`` (exactly what the robot did while the objects settled before
 recording started); future actions after the end hold still with the last gripper command
 ``[0, 0, 0, 0, 0, 0, g_{T-1}]``. Padded steps are flagged in the ``*_is_pad`` masks.
-``"inside"`` keeps only windows with no padding at all: τ <= t <= T-1-τ.
+``"inside"`` keeps only windows with no padding at all: τ <= t <= T-1-τ (and t + L <= T).
 
 **Image stride**: a file whose images exist only at every s-th step (``image_stride`` = s,
 see :mod:`clad_lite.demos.hdf5`) gives windows only at t = 0, s, 2s, ... when cameras are
@@ -260,6 +260,8 @@ class WindowDataset(_torch_dataset_base()):
         stats: statistics dict, a path to a JSON file, or None = :func:`load_or_compute_norm_stats`
             next to the data.
         upright: flip images upright (the files store them upside down).
+        future: length L of the target chunk ``actions`` (default τ, the paper; longer for a policy
+            that predicts beyond the τ actions it executes, ``PolicyConfig.extra_actions``).
         window_stride: windows at t = 0, s, 2s, ... for this s instead of the file's image stride
             (only with ``embeddings`` that exist at every step, such as simulator states; s must
             divide τ).
@@ -267,16 +269,20 @@ class WindowDataset(_torch_dataset_base()):
 
     def __init__(self, paths, *, tau: int = TAU, proprio: str = "paper", cameras: Sequence[str] = H.IMAGE_KEYS,
                  embeddings: Callable | None = None, text_embeddings=None, edge: str = "pad",
-                 normalize: bool = True, stats=None, upright: bool = True, window_stride: int | None = None):
+                 normalize: bool = True, stats=None, upright: bool = True, window_stride: int | None = None,
+                 future: int | None = None):
         if tau < 1:
             raise ValueError(f"tau must be >= 1, got {tau}")
+        future = tau if future is None else future
+        if future < 1:
+            raise ValueError(f"future (the target chunk's length) must be >= 1, got {future}")
         if edge not in EDGE_RULES:
             raise ValueError(f"edge must be one of {EDGE_RULES}, got {edge!r}")
         bad = [c for c in cameras if c not in H.IMAGE_KEYS]
         if bad:
             raise ValueError(f"unknown cameras {bad}; expected obs image keys {H.IMAGE_KEYS}")
         self.paths = H.find_demo_files(paths if isinstance(paths, (list, tuple)) else [paths])
-        self.tau, self.proprio_mode, self.cameras, self.edge = tau, proprio, tuple(cameras), edge
+        self.tau, self.future, self.proprio_mode, self.cameras, self.edge = tau, future, proprio, tuple(cameras), edge
         self.embeddings, self.upright = as_embedding_source(embeddings), upright
         proprio_keys = [k for k, _ in _proprio_keys(proprio)]
         needs_images = bool(self.cameras) and embeddings is None
@@ -318,7 +324,7 @@ class WindowDataset(_torch_dataset_base()):
                     self._task.append(task_id)
                     self._actions.append(actions)
                     self._proprio.append(np.concatenate([np.asarray(arrays[k], np.float64) for k in proprio_keys], 1))
-                    ts = range(0, T, stride) if edge == "pad" else range(tau, T - tau, stride)
+                    ts = range(0, T, stride) if edge == "pad" else range(tau, min(T - tau, T - future + 1), stride)
                     index.extend((demo_index, t) for t in ts)
         self._index = np.asarray(index, dtype=np.int64).reshape(-1, 2)
         self.normalizer = None
@@ -366,7 +372,7 @@ class WindowDataset(_torch_dataset_base()):
         action indices) for one window."""
         tau = self.tau
         frames = np.clip(np.array([t - tau, t, t + tau]), 0, H.last_image_frame(T, stride))
-        return frames, np.arange(t - tau, t), np.arange(t, t + tau)
+        return frames, np.arange(t - tau, t), np.arange(t, t + self.future)
 
     def __getitem__(self, i: int) -> dict:
         import torch
