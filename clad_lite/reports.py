@@ -219,7 +219,7 @@ def _run_settings(results: dict) -> dict:
             # the condition also FiLMs every residual block of the epsilon-network (policy.cond_injection)
             "cond_injection": policy.get("cond_injection", "input"),
             # the chunk also predicts actions beyond the tau it executes (policy.extra_actions; not the paper)
-            "chunk": policy.get("horizon", 6) + policy.get("extra_actions", 0), "tau": policy.get("horizon", 6),
+            "extra_actions": int(policy.get("extra_actions", 0)), "tau": policy.get("horizon", 6),
             "git": (provenance.get("git_sha") or MISSING)[:7]}
 
 
@@ -254,7 +254,7 @@ def runs_table(runs: dict, profile_name: str) -> str:
                       + (" + past actions" if s["past_actions"] else "")
                       + (f", obs. noise {s['obs_noise']:g}" if s["obs_noise"] else "")
                       + (", FiLM per block" if s["cond_injection"] == "every_block" else "")
-                      + (f", chunk {s['chunk']} (first {s['tau']} executed)" if s["chunk"] != s["tau"] else ""),
+                      + (f", chunk {s['tau'] + s['extra_actions']} (first {s['tau']} executed)" if s["extra_actions"] else ""),
                       f"{s['proprio']} ({proprio_dim(s['proprio'])}-D)" if s["proprio"] in PROPRIO_MODES else s["proprio"],
                       _vision_label(s), budget, weights, sampling,
                       fmt_rate(pool["successes"], pool["episodes"], pool["ci95"]), per_task, s["git"]]))
