@@ -220,6 +220,11 @@ def _run_settings(results: dict) -> dict:
             "cond_injection": policy.get("cond_injection", "input"),
             # the chunk also predicts actions beyond the tau it executes (policy.extra_actions; not the paper)
             "extra_actions": int(policy.get("extra_actions", 0)), "tau": policy.get("horizon", 6),
+            # dropout in the epsilon-network's residual blocks (policy.dropout; the presets have none)
+            "dropout": float(policy.get("dropout", 0.0)),
+            # the stage-2 seed (initialisation, batch order, noise draws): shown only when it is not the
+            # default, so that two trainings of one recipe tell apart
+            "stage2_seed": stage2.get("seed"),
             "git": (provenance.get("git_sha") or MISSING)[:7]}
 
 
@@ -237,7 +242,10 @@ def runs_table(runs: dict, profile_name: str) -> str:
     ``clad_lite.state_oracle``) with the spacing of its training windows, stage-2 budget and weights read from
     the file's provenance, how each chunk was sampled (protocol), the pooled success
     with its Wilson interval and the successes per task. Rows by budget, then foresight."""
+    from clad_lite.config import TrainConfig
     from clad_lite.demos.windows import PROPRIO_MODES, proprio_dim
+
+    default_seed = TrainConfig.seed
 
     rows = []
     for label, (results, _) in runs.items():
@@ -254,7 +262,9 @@ def runs_table(runs: dict, profile_name: str) -> str:
                       + (" + past actions" if s["past_actions"] else "")
                       + (f", obs. noise {s['obs_noise']:g}" if s["obs_noise"] else "")
                       + (", FiLM per block" if s["cond_injection"] == "every_block" else "")
-                      + (f", chunk {s['tau'] + s['extra_actions']} (first {s['tau']} executed)" if s["extra_actions"] else ""),
+                      + (f", chunk {s['tau'] + s['extra_actions']} (first {s['tau']} executed)" if s["extra_actions"] else "")
+                      + (f", dropout {s['dropout']:g}" if s["dropout"] else "")
+                      + (f", stage-2 seed {s['stage2_seed']}" if s["stage2_seed"] not in (None, default_seed) else ""),
                       f"{s['proprio']} ({proprio_dim(s['proprio'])}-D)" if s["proprio"] in PROPRIO_MODES else s["proprio"],
                       _vision_label(s), budget, weights, sampling,
                       fmt_rate(pool["successes"], pool["episodes"], pool["ci95"]), per_task, s["git"]]))

@@ -54,13 +54,15 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
 
     def write(name, ks, foresight, steps, weights=None, proprio=None, data=None, samples=None, prediction=None,
               past_actions=None, latch=None, query_every=None, obs_noise=None, cond_injection=None,
-              extra_actions=None):
+              extra_actions=None, dropout=None, seed=None):
         policy = dict({"foresight": foresight}, **({"prediction": prediction} if prediction else {}),
                       **({"past_actions": past_actions} if past_actions is not None else {}),
                       **({"obs_noise": obs_noise} if obs_noise is not None else {}),
                       **({"cond_injection": cond_injection} if cond_injection is not None else {}),
-                      **({"horizon": 6, "extra_actions": extra_actions} if extra_actions is not None else {}))
-        config = {"policy": policy, "stage2": {"steps": steps, "batch_size": 64, "ema_decay": 0.999}}
+                      **({"horizon": 6, "extra_actions": extra_actions} if extra_actions is not None else {}),
+                      **({"dropout": dropout} if dropout is not None else {}))
+        config = {"policy": policy, "stage2": dict({"steps": steps, "batch_size": 64, "ema_decay": 0.999},
+                                                   **({"seed": seed} if seed is not None else {}))}
         if proprio or data:
             config["data"] = dict(data or {}, **({"proprio": proprio} if proprio else {}))
         results = dict(_results(ks, n=10), profile="cpu", provenance={"git_sha": "0123456789abc", "config": config})
@@ -83,14 +85,17 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
           data={"expert_motion": "feedback", "demos_per_task": 100})
     write("_stage2_40k_x0_q3", (2, 4), "both", 40_000, prediction="sample", query_every=3)
     write("_stage2_40k_x0_q6", (2, 5), "both", 40_000, prediction="sample", query_every=6)  # = tau: not shown
-    write("_stage2_40k_x0_noise", (4, 5), "both", 40_000, prediction="sample", obs_noise=0.1, extra_actions=0)
+    write("_stage2_40k_x0_noise", (4, 5), "both", 40_000, prediction="sample", obs_noise=0.1, extra_actions=0,
+          dropout=0.0, seed=3407)  # the defaults: not shown
+    write("_stage2_40k_x0_noise_drop", (3, 5), "both", 40_000, prediction="sample", obs_noise=0.1, dropout=0.1,
+          seed=1)
     write("_stage2_40k_x0_film", (5, 5), "both", 40_000, prediction="sample", cond_injection="every_block",
           extra_actions=6)
     (folder / "libero_10_cpu_pipeline.json").write_text(json.dumps({"steps": []}))  # not an evaluation
     (folder / "libero_10_ci.json").write_text(json.dumps(dict(_results(), profile="ci")))  # another profile
     runs = reports.committed_runs("cpu", root=tmp_path)
     assert list(runs) == ["main", "policy_only", "stage2_20k_eef", "stage2_20k_state_oracle", "stage2_40k_ema",
-                          "stage2_40k_mean8", "stage2_40k_x0", "stage2_40k_x0_fb", "stage2_40k_x0_film", "stage2_40k_x0_noise", "stage2_40k_x0_past", "stage2_40k_x0_q3",
+                          "stage2_40k_mean8", "stage2_40k_x0", "stage2_40k_x0_fb", "stage2_40k_x0_film", "stage2_40k_x0_noise", "stage2_40k_x0_noise_drop", "stage2_40k_x0_past", "stage2_40k_x0_q3",
                           "stage2_40k_x0_q6"]
     lines = reports.runs_table(runs, "cpu").splitlines()
     # a file without data.proprio / vision_source in its provenance predates the field: the paper's
@@ -105,9 +110,10 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     assert "`stage2_40k_x0_fb` | CLaD | paper (16-D) | encoder, feedback-expert demos, 100 demos/task | 40K x 64 | raw | x0-pred, 1 draw | 50.0%" in lines[9]
     assert "`stage2_40k_x0_film` | CLaD, FiLM per block, chunk 12 (first 6 executed) | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 50.0%" in lines[10]
     assert "`stage2_40k_x0_noise` | CLaD, obs. noise 0.1 | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 45.0%" in lines[11]
-    assert "`stage2_40k_x0_past` | CLaD + past actions | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, gripper latch 0.5 | 35.0%" in lines[12]
-    assert "`stage2_40k_x0_q3` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, query every 3 | 30.0%" in lines[13]
-    assert "`stage2_40k_x0_q6` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 35.0%" in lines[14]
+    assert "`stage2_40k_x0_noise_drop` | CLaD, obs. noise 0.1, dropout 0.1, stage-2 seed 1 | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 40.0%" in lines[12]
+    assert "`stage2_40k_x0_past` | CLaD + past actions | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, gripper latch 0.5 | 35.0%" in lines[13]
+    assert "`stage2_40k_x0_q3` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, query every 3 | 30.0%" in lines[14]
+    assert "`stage2_40k_x0_q6` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 35.0%" in lines[15]
 
 
 def test_modality_figure_with_zero_and_full_success():
