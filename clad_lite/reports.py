@@ -211,6 +211,8 @@ def _run_settings(results: dict) -> dict:
             # a query every q < tau steps executes only the first q actions of each chunk (eval --query-every)
             "query_every": protocol.get("query_every"),
             "replan_every": protocol.get("replan_every"),
+            # ACT's temporal ensembling: the weighted mean of every chunk covering a step (eval --ensemble)
+            "ensemble": bool(protocol.get("temporal_ensembling", False)),
             "prediction": policy.get("prediction", "epsilon"),
             # the policy also reads its past actions a^{t-tau:t} (policy.past_actions; not the paper)
             "past_actions": bool(policy.get("past_actions", False)),
@@ -255,7 +257,8 @@ def runs_table(runs: dict, profile_name: str) -> str:
         sampling = ("x0-pred, " if s["prediction"] == "sample" else "") + (
             f"mean of {s['action_samples']} draws" if s["action_samples"] > 1 else "1 draw") + (
             f", gripper latch {s['gripper_hysteresis']:g}" if s["gripper_hysteresis"] is not None else "") + (
-            f", query every {s['query_every']}" if s["query_every"] not in (None, s["replan_every"]) else "")
+            f", query every {s['query_every']}" if s["query_every"] not in (None, s["replan_every"]) else "") + (
+            ", temporal ensembling" if s["ensemble"] else "")
         per_task = ",".join(str(int(t["successes"])) for t in sorted(results["per_task"], key=lambda t: t["task_id"]))
         rows.append(((s["steps"] or 0, s["foresight"] != "both", label),
                      [f"`{label}`", ("CLaD" if s["foresight"] == "both" else s["foresight"])
