@@ -93,6 +93,12 @@ class DataConfig:
     of every earlier run), or ``"feedback"``: Markovian state-feedback motions, so that every arm
     action follows from the state and the goal, as behaviour cloning assumes (revision 2 solves
     97/100 fixed init states against min-jerk's 99/100; see README, "A Markovian demonstrator").
+
+    ``recovery_demos``: recovery demonstrations per task (not the paper; DAgger's idea with a
+    scripted fumble, clad_lite.expert.recovery): the expert misses one grasp the way the lite
+    policies do, and only how it recovers is recorded. Generated into ``<data>/recovery`` by the
+    pipeline and added to both training stages' windows (the encoder trains on the clean demos
+    only). 0 = none.
     """
 
     suite: str = "libero_10"
@@ -106,6 +112,7 @@ class DataConfig:
     action_noise: float = 0.0
     success_hold: int = 0
     expert_motion: str = "min_jerk"
+    recovery_demos: int = 0
     root: str = "data"
     workers: int = 2
     seed: int = 0
@@ -127,6 +134,8 @@ class DataConfig:
         _check(isinstance(self.success_hold, int) and self.success_hold >= 0,
                f"data.success_hold must be an integer >= 0, got {self.success_hold!r}")
         _check(0.0 <= self.action_noise <= 1.0, f"data.action_noise must be in [0, 1], got {self.action_noise}")
+        _check(isinstance(self.recovery_demos, int) and self.recovery_demos >= 0,
+               f"data.recovery_demos must be an integer >= 0, got {self.recovery_demos!r}")
         _check(self.expert_motion in EXPERT_FACTORIES,
                f"data.expert_motion must be one of {tuple(EXPERT_FACTORIES)}, got {self.expert_motion!r}")
         _check(self.vision_source in VISION_SOURCES,

@@ -80,6 +80,10 @@ from clad_lite.cli import UserError
 SUITE = "libero_10"
 STAMP_DIR = ".pipeline"
 ENCODER_NAME = "encoder.pt"
+# data.recovery_demos: who makes them, how their files are named, and their seed's offset from data.seed
+RECOVERY_POLICY = "clad_lite.expert:make_recovery_expert"
+RECOVERY_KIND = "recovery"
+RECOVERY_SEED_OFFSET = 1
 RESULTS_NAME = "results.json"
 REPORT_NAME = "pipeline.json"
 BASELINE_OVERRIDES = ("policy.foresight=none",)
@@ -90,7 +94,8 @@ _NOT_CONTENT = {"data": ("workers",), "encoder": ("threads", "save_every", "log_
 # fields added after runs were stamped: at this value they change nothing that was made, so they
 # are left out of the fingerprint (older stamps, which lack them, still match)
 _OMIT_AT = {"stage1": {"ema_decay": 0.0}, "stage2": {"ema_decay": 0.0},
-            "data": {"vision_source": "encoder", "action_noise": 0.0, "success_hold": 0, "expert_motion": "min_jerk"},
+            "data": {"vision_source": "encoder", "action_noise": 0.0, "success_hold": 0, "expert_motion": "min_jerk",
+                     "recovery_demos": 0},
             "eval": {"action_samples": 1}}
 
 
@@ -287,25 +292,39 @@ class Pipeline:
         return "match" if _normal(stamp.get("inputs")) == _normal(inputs) else "stale"
 
     # ------------------------------------------------------------------ 1. data
-    def data_fingerprint(self) -> list[dict]:
+    def data_fingerprint(self, recovery: bool = False) -> list[dict]:
+        """The demonstration files (name, size, mtime); with ``recovery`` also the recovery set's
+        (``data.recovery_demos`` > 0), which the training stages read but the encoder does not."""
         from clad_lite.demos import hdf5 as H
 
+        folders = [self.data_dir] + ([self.recovery_dir] if recovery and self.profile.data.recovery_demos else [])
         return [{"name": p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
-                for p in H.find_demo_files([self.data_dir])]
+                for p in H.find_demo_files(folders)]
 
-    def _data_complete(self) -> tuple[bool, str]:
-        """Whether ``generate``'s ``summary.json`` says the profile's data set is all there."""
+    @property
+    def recovery_dir(self) -> Path:
+        """Where the recovery demonstrations live (``data.recovery_demos``): ``DATA/recovery``."""
+        from clad_lite.train import RECOVERY_FOLDER
+
+        return self.data_dir / RECOVERY_FOLDER
+
+    def _data_complete(self, recovery: bool = False) -> tuple[bool, str]:
+        """Whether ``generate``'s ``summary.json`` says the profile's data set (or, with ``recovery``,
+        its recovery set) is all there."""
         d = self.profile.data
-        summary = _read_json(self.data_dir / "summary.json")
+        data_dir = self.recovery_dir if recovery else self.data_dir
+        demos_per_task = d.recovery_demos if recovery else d.demos_per_task
+        policy, seed = (RECOVERY_POLICY, d.seed + RECOVERY_SEED_OFFSET) if recovery else (d.expert_policy, d.seed)
+        summary = _read_json(data_dir / "summary.json")
         if not isinstance(summary, dict):
             return False, "no summary.json"
         config = summary.get("config", {})
         if config.get("image_size") != d.image_size:
-            if (self.data_dir / "summary.json").exists() and config.get("image_size") is not None:
-                raise UserError(f"{self.data_dir} holds {config.get('image_size')} px images, the profile wants "
+            if (data_dir / "summary.json").exists() and config.get("image_size") is not None:
+                raise UserError(f"{data_dir} holds {config.get('image_size')} px images, the profile wants "
                                 f"{d.image_size} px: use another data.root (--set data.root=...) or delete that folder")
             return False, "other image size"
-        if config.get("suite") != d.suite or config.get("seed") != d.seed:
+        if config.get("suite") != d.suite or config.get("seed") != seed:
             return False, "other suite or seed"
         from clad_lite.demos import hdf5 as H
         from clad_lite.demos.generate import _FINGERPRINT_DEFAULTS, DEFAULT_POLICY, RENDER_REVISION, policy_revision
@@ -314,33 +333,68 @@ class Pipeline:
             made = config.get(key, _FINGERPRINT_DEFAULTS[key])
             if made != getattr(d, key):
                 return False, f"demonstrations made with {key.replace('_', ' ')} {made}, the profile wants {getattr(d, key)}"
-        if config.get("policy", DEFAULT_POLICY) != d.expert_policy:
-            return False, f"demonstrations made by {config.get('policy', DEFAULT_POLICY)}, the profile wants {d.expert_policy}"
-        made, wanted = config.get("policy_revision", _FINGERPRINT_DEFAULTS["policy_revision"]), policy_revision(d.expert_policy)
+        if config.get("policy", DEFAULT_POLICY) != policy:
+            return False, f"demonstrations made by {config.get('policy', DEFAULT_POLICY)}, the profile wants {policy}"
+        made, wanted = config.get("policy_revision", _FINGERPRINT_DEFAULTS["policy_revision"]), policy_revision(policy)
         if made != wanted:
-            return False, f"demonstrations made by revision {made} of {d.expert_policy}, it is now at revision {wanted}"
+            return False, f"demonstrations made by revision {made} of {policy}, it is now at revision {wanted}"
         if config.get("image_stride", 1) != d.image_stride and not self.oracle:  # the oracle reads no image
             return False, f"images rendered with stride {config.get('image_stride', 1)}, the profile wants {d.image_stride}"
         rows = {row["task_id"]: row for row in summary.get("tasks", [])}
         for task in d.tasks:
             row = rows.get(task)
-            if row is None or not (self.data_dir / row["file"]).exists() or not (row.get("images_rendered") or self.oracle):
+            if row is None or not (data_dir / row["file"]).exists() or not (row.get("images_rendered") or self.oracle):
                 return False, f"task {task} missing"
             if not self.oracle:
-                with H.DemoFile(self.data_dir / row["file"]) as demo_file:
+                with H.DemoFile(data_dir / row["file"]) as demo_file:
                     if demo_file.render_revision != RENDER_REVISION:  # generate renders them again
                         return False, (f"task {task}: images of render revision {demo_file.render_revision}, "
                                        f"now {RENDER_REVISION} (fixtures placed as pass 1 had them)")
-            short = row["demos"] < d.demos_per_task
-            exhausted = row["attempts"] >= int(config.get("max_attempts") or 4 * d.demos_per_task)
-            if row["demos"] > d.demos_per_task or (short and not exhausted) or row["demos"] == 0:
-                return False, f"task {task}: {row['demos']} of {d.demos_per_task} demos"
+            short = row["demos"] < demos_per_task
+            exhausted = row["attempts"] >= int(config.get("max_attempts") or 4 * demos_per_task)
+            if row["demos"] > demos_per_task or (short and not exhausted) or row["demos"] == 0:
+                return False, f"task {task}: {row['demos']} of {demos_per_task} demos"
         return True, f"{sum(rows[t]['demos'] for t in d.tasks)} demos of {len(d.tasks)} tasks"
 
     def data(self) -> Path:
-        """Demonstrations of the profile's tasks (``generate``, resumed where it stopped)."""
-        if "data" in self._memo:
-            return self._memo["data"]
+        """Demonstrations of the profile's tasks (``generate``, resumed where it stopped), and their
+        recovery set when ``data.recovery_demos`` > 0 (:meth:`recovery_data`)."""
+        if "data" not in self._memo:
+            self._demonstrations()
+            if self.profile.data.recovery_demos:
+                self.recovery_data()
+        return self._memo["data"]
+
+    def recovery_data(self) -> Path:
+        """``data.recovery_demos`` recovery demonstrations per task in ``DATA/recovery``
+        (``clad_lite.expert.recovery``, not the paper): the expert fumbles one grasp, and only its
+        recovery is recorded. Their own seed (``data.seed`` + 1), so their scenes are not the clean
+        demonstrations' scenes; files ``<task>_recovery.hdf5``."""
+        start = time.perf_counter()
+        d = self.profile.data
+        complete, why = self._data_complete(recovery=True)
+        if complete:
+            self._record("recovery", "reused", start, self.recovery_dir, why)
+            return self.recovery_dir
+        from clad_lite.demos.generate import GenerateConfig, generate
+
+        self._announce("recovery", f"generating {d.recovery_demos} recovery demos x tasks {list(d.tasks)} "
+                                   f"into {self.recovery_dir}")
+        summary = generate(GenerateConfig(suite=d.suite, tasks=list(d.tasks), demos=d.recovery_demos,
+                                          out=str(self.recovery_dir), workers=d.workers, image_size=d.image_size,
+                                          image_stride=d.image_stride, render=not self.oracle,
+                                          action_noise=d.action_noise, success_hold=d.success_hold,
+                                          policy=RECOVERY_POLICY, kind=RECOVERY_KIND,
+                                          seed=d.seed + RECOVERY_SEED_OFFSET, progress=self.progress))
+        empty = [r["task_id"] for r in summary["tasks"] if r["demos"] == 0]
+        if empty:
+            raise UserError(f"generate kept no recovery demonstration of task(s) {empty} "
+                            f"(see {self.recovery_dir}/summary.json)")
+        self._record("recovery", "done", start, self.recovery_dir,
+                     f"{summary['total_demos']} recovery demos generated in {_seconds(time.perf_counter() - start)}")
+        return self.recovery_dir
+
+    def _demonstrations(self) -> Path:
         start = time.perf_counter()
         d = self.profile.data
         has_files = self.data_dir.is_dir() and any(p.suffix in (".hdf5", ".h5") for p in self.data_dir.iterdir())
@@ -482,6 +536,11 @@ class Pipeline:
             self._announce("embeddings", f"embedding every frame with encoder {encoder_hash[:16]}")
         # embed_directory reuses every file whose encoder hash and data fingerprint match
         report = embed_directory(data_dir, encoder, cameras=tuple(self.profile.data.cameras), progress=self.progress)
+        if self.profile.data.recovery_demos:  # its own cache, DATA/recovery/embeddings/<hash> (train.load_training_data)
+            extra = embed_directory(self.recovery_dir, encoder, cameras=tuple(self.profile.data.cameras),
+                                    progress=self.progress)
+            report = {**report, "computed": report["computed"] + extra["computed"],
+                      "reused": report["reused"] + extra["reused"]}
         folder = Path(report["cache_dir"])
         self._memo["embeddings"] = folder
         if not report["computed"]:
@@ -506,7 +565,7 @@ class Pipeline:
         data_dir = self.data()
         sections = ("data", "encoder", "clad", "stage1") if stage == 1 else ("data", "encoder", "policy", "stage2")
         inputs = {"stage": stage, **{s: _section(profile, s) for s in sections},
-                  "data_files": self.data_fingerprint(), "encoder_hash": self.encoder_hash()}
+                  "data_files": self.data_fingerprint(recovery=True), "encoder_hash": self.encoder_hash()}
         if clad_dir is not None:
             _, clad_ckpt = _final_checkpoint(clad_dir)
             inputs["clad_checkpoint"] = _file_identity(clad_ckpt)

@@ -182,6 +182,10 @@ class TrainingData:
     extra: dict = field(default_factory=dict)  # more of what a run must remember of its data (run.json "data")
 
 
+# data.recovery_demos > 0: the recovery demonstrations' folder inside the data folder (own files, own cache)
+RECOVERY_FOLDER = "recovery"
+
+
 def find_cache_dir(data_dir: Path, embed_dim: int, cameras) -> Path:
     """The embedding-cache folder under ``data_dir/embeddings`` for this profile (newest if several)."""
     from clad_lite.cli import UserError
@@ -212,9 +216,7 @@ def load_training_data(profile, data_dir=None, cache_dir=None) -> TrainingData:
     """WindowDataset over ``data_dir`` with every embedding of the cache held in memory (with
     ``data.vision_source = "sim_state"``: simulator states instead, see clad_lite.state_oracle)."""
     from clad_lite.cli import UserError
-    from clad_lite.demos import hdf5 as H
     from clad_lite.demos.windows import ArrayEmbeddings, WindowDataset
-    from clad_lite.encoders.cache import EmbeddingCache, StaleCacheError
     from clad_lite.state_oracle import SIM_STATE, load_state_training_data
 
     if profile.data.vision_source == SIM_STATE:
@@ -225,6 +227,38 @@ def load_training_data(profile, data_dir=None, cache_dir=None) -> TrainingData:
                         "generate, then python -m clad_lite embed; or pass --data)")
     cameras = tuple(profile.data.cameras)
     cache_dir = Path(cache_dir) if cache_dir is not None else find_cache_dir(data_dir, profile.encoder.embed_dim, cameras)
+    files, arrays, encoder_hash, text = _cached_embeddings(profile, data_dir, cache_dir)
+    extra = {}
+    if profile.data.recovery_demos:  # the recovery set (clad_lite.expert.recovery), embedded by the same encoder
+        recovery_dir = data_dir / RECOVERY_FOLDER
+        if not recovery_dir.is_dir():
+            raise UserError(f"data.recovery_demos = {profile.data.recovery_demos}, but {recovery_dir} does not exist: "
+                            "run python -m clad_lite pipeline with the same --set to generate and embed it")
+        recovery_cache = find_cache_dir(recovery_dir, profile.encoder.embed_dim, cameras)
+        more_files, more_arrays, recovery_hash, _ = _cached_embeddings(profile, recovery_dir, recovery_cache)
+        if recovery_hash != encoder_hash:
+            raise UserError(f"{recovery_cache} was embedded by encoder {recovery_hash[:16]}, {cache_dir} by "
+                            f"{encoder_hash[:16]}: embed {recovery_dir} with the same encoder")
+        files, arrays = files + more_files, {**arrays, **more_arrays}
+        extra = {"recovery_dir": str(recovery_dir), "recovery_cache_dir": str(recovery_cache),
+                 "recovery_files": len(more_files)}
+    try:
+        dataset = WindowDataset(files, tau=profile.clad.horizon, proprio=profile.data.proprio, cameras=cameras,
+                                embeddings=ArrayEmbeddings(arrays), text_embeddings=text,
+                                future=profile.policy.chunk_length)
+    except (KeyError, ValueError) as error:
+        raise UserError(f"cannot build training windows from {data_dir}: {error}") from error
+    return TrainingData(dataset, str(data_dir), str(cache_dir), encoder_hash, extra)
+
+
+def _cached_embeddings(profile, data_dir: Path, cache_dir: Path):
+    """The demonstration files of ``data_dir`` and every embedding of them from the cache in
+    ``cache_dir``: (files, {(file name, demo, camera): (T, D) array}, encoder hash, text lookup)."""
+    from clad_lite.cli import UserError
+    from clad_lite.demos import hdf5 as H
+    from clad_lite.encoders.cache import EmbeddingCache, StaleCacheError
+
+    cameras = tuple(profile.data.cameras)
     try:
         cache = EmbeddingCache(cache_dir)
     except StaleCacheError as error:
@@ -256,14 +290,9 @@ def load_training_data(profile, data_dir=None, cache_dir=None) -> TrainingData:
                         raise UserError(f"cache {cache_dir}: {stem}/{demo}/{camera} has {len(frames)} frames, the data "
                                         f"{length}: re-run python -m clad_lite embed --force")
                     arrays[(path.name, demo, camera)] = frames.astype(store_dtype)
-        try:
-            dataset = WindowDataset(files, tau=profile.clad.horizon, proprio=profile.data.proprio, cameras=cameras,
-                                    embeddings=ArrayEmbeddings(arrays), text_embeddings=cache.text,
-                                    future=profile.policy.chunk_length)
-        except (KeyError, ValueError) as error:
-            raise UserError(f"cannot build training windows from {data_dir}: {error}") from error
-        encoder_hash = cache.encoder_hash
-    return TrainingData(dataset, str(data_dir), str(cache_dir), encoder_hash)
+        # the instruction embeddings, held in memory past the cache's closing
+        text_table = {instruction: cache.text(instruction) for instruction in cache.instructions()}
+    return files, arrays, cache.encoder_hash, text_table.__getitem__
 
 
 # =========================================================================== config I/O

@@ -230,3 +230,125 @@ def test_expert_eval_episode_repeats_and_logs_its_grasp(book_env):
     assert [(g["object"], g["held"]) for g in grasps] == [("black_book_1", True)]
     summary = summarize({5: [(0, ok, steps, grasps)]}, "libero_10")["5"]
     assert summary["successes"] == 1 and summary["grasps"]["held"] == 1 == summary["grasps"]["grasps"]
+
+
+# ----------------------------------------------------------------------------- resuming and recovery
+def _act_until(env, expert, obs, max_steps, stop=None):
+    """Step ``expert`` until success, its end, ``stop(env)`` or ``max_steps``; returns
+    (success, actions, recording flags, last obs)."""
+    actions, recording = [], []
+    for _ in range(max_steps):
+        action = expert.act(obs)
+        actions.append(action)
+        recording.append(getattr(expert, "recording", True))
+        obs, _, _, _ = env.step(action)
+        if env.check_success():
+            return True, np.array(actions), recording, obs
+        if expert.done or (stop is not None and stop(env)):
+            break
+    return False, np.array(actions), recording, obs
+
+
+def _closes(grips) -> int:
+    """Gripper close onsets (command from open, < 0, to closed, > 0) in a sequence of commands."""
+    grips = np.asarray(grips)
+    return int(np.sum((grips[1:] > 0) & (grips[:-1] <= 0)) + (len(grips) > 0 and grips[0] > 0))
+
+
+def test_resumed_expert_places_the_object_already_in_hand(book_env):
+    """Handed over while the book is held in the air, a resumed expert goes on carrying it (no new
+    pick: the gripper command never opens before the release) and puts it into the caddy."""
+    from clad_lite.expert import make_expert
+    from clad_lite.expert.plans import held_object
+    from clad_lite.sim import settle
+
+    book_env.reset_to_init_state(0, 0)
+    obs = settle(book_env)
+    lead = make_expert(book_env, np.random.default_rng(0))
+    z0 = book_env.object_positions()["black_book_1"][2]
+    lifted = lambda env: env.object_positions()["black_book_1"][2] > z0 + 0.04
+    ok, _, _, obs = _act_until(book_env, lead, obs, 505, stop=lifted)
+    assert not ok and lifted(book_env) and held_object(lead.scene) == "black_book_1"
+    follower = make_expert(book_env, np.random.default_rng(1), resume=True)
+    ok, actions, _, _ = _act_until(book_env, follower, obs, 400)
+    assert ok, "the resumed expert should finish the placement of the book it holds"
+    grips = actions[:, 6]
+    assert grips[0] > 0 and _closes(grips) == 1  # still closed at the hand-over; it never re-grasps
+
+
+def _fake_scene(status, held=None, fingers=0.08, eef_z=1.2):
+    """A Scene over a stand-in problem: goal In(can_1, basket) and In(box_1, basket), whose truth is
+    ``status``, ``held`` in the hand (robosuite's grasp check), the fingers ``fingers`` m apart."""
+    from clad_lite.expert.primitives import Scene
+
+    problem = SimpleNamespace(
+        parsed_problem={"goal_state": [["In", "can_1", "basket_region"], ["In", "box_1", "basket_region"]]},
+        objects_dict={"can_1": None, "box_1": None}, fixtures_dict={}, object_sites_dict={}, obj_body_id={}, robots=[SimpleNamespace(gripper="hand")],
+        get_object=lambda name: name, _check_grasp=lambda gripper, object_geoms: object_geoms == sc.held)
+    env = SimpleNamespace(robosuite_env=problem, sim=None, goal_status=lambda: tuple(status))
+    sc = Scene(env, np.random.default_rng(0))
+    sc.held = held
+    sc.obs = {"robot0_eef_pos": np.array([0.0, 0.0, eef_z]), "robot0_eef_quat": np.array([1.0, 0, 0, 0]),
+              "robot0_gripper_qpos": np.array([fingers / 2, -fingers / 2])}
+    sc.extent = lambda name: (np.array([-0.1, -0.1, 0.9]), np.array([0.1, 0.1, 1.0]))
+    return sc
+
+
+@pytest.mark.parametrize("resume, status, held, fingers, expected", [
+    # a fresh plan picks and places both, whatever holds (the data sets' plan)
+    (False, (True, False), None, 0.08, ["pick can_1", "place can_1", "pick box_1", "place box_1"]),
+    # resumed: the can is in the basket already, so only the box
+    (True, (True, False), None, 0.08, ["pick box_1", "place box_1"]),
+    # resumed with the box in the hand: no new pick, and the gripper command stays closed
+    (True, (True, False), "box_1", 0.03, ["place box_1"]),
+    # resumed with the hand closed on nothing (a missed grasp): open it first, then grasp again
+    (True, (True, False), None, 0.02, ["open", "pick box_1", "place box_1"]),
+    # resumed holding an object that must wait (the box, while the can is still to go): let go of it
+    (True, (False, False), "box_1", 0.03, ["open", "pick can_1", "place can_1", "pick box_1", "place box_1"]),
+])
+def test_resumed_plan_skips_what_holds_and_frees_the_hand(monkeypatch, resume, status, held, fingers, expected):
+    from clad_lite.expert import plans
+    from clad_lite.expert.control import GRIPPER_CLOSED
+
+    def stub(kind):
+        def primitive(sc, obj, *args, **kwargs):
+            yield f"{kind} {obj}"
+        return primitive
+
+    monkeypatch.setattr(plans, "pick_object", stub("pick"))
+    monkeypatch.setattr(plans, "place_object", lambda sc, kind, obj, *a: stub("place")(sc, obj))
+    sc = _fake_scene(status, held, fingers)
+    steps = []
+    for step in plans.plan_for(sc, resume):
+        if not isinstance(step, str):
+            step = "open" if step[6] < 0 else "hold"
+            sc.held = None if step == "open" else sc.held  # an opened hand lets go
+        steps.append(step)
+    opened = steps[:7] == ["open"] * 7
+    steps = (["open"] if opened else []) + [s for s in steps[7 if opened else 0:] if s not in ("open", "hold")]
+    assert steps == expected
+    if held == "box_1" and expected[0] == "place box_1":
+        assert sc.grip == GRIPPER_CLOSED  # the place primitive carries it closed
+
+
+def test_recovery_expert_fumbles_unrecorded_then_recovers(book_env):
+    """The recovery expert misses its grasp (closes beside the book and rises) with ``recording``
+    off, then the resumed expert opens, grasps again and solves the task, all recorded."""
+    from clad_lite.expert import make_recovery_expert
+    from clad_lite.sim import settle
+
+    seed = next(s for s in range(50)
+                if make_recovery_expert(book_env, np.random.default_rng(s)).fumble["variant"] == "missed")
+    book_env.reset_to_init_state(0, 0)
+    obs = settle(book_env)
+    expert = make_recovery_expert(book_env, np.random.default_rng(seed))
+    ok, actions, recording, _ = _act_until(book_env, expert, obs, 505)
+    assert ok, f"the recovery expert should recover from its fumble {expert.fumble}"
+    k = expert.fumble["handover_step"]
+    assert 0 < k < len(actions) and not any(recording[:k]) and all(recording[k:])
+    fumble, recovery = actions[:k, 6], actions[k:, 6]
+    assert fumble[-1] > 0 and _closes(fumble) == 1  # the missed close, unrecorded
+    assert recovery[0] < 0 and _closes(recovery) == 1  # opens first, then one grasp that holds
+    # deterministic: the same seed fumbles the same way
+    again = make_recovery_expert(book_env, np.random.default_rng(seed)).fumble
+    assert again == {**expert.fumble, "handover_step": None}

@@ -531,3 +531,26 @@ def test_policy_revision_is_fingerprinted(fake_sim, tmp_path, monkeypatch):
         G.generate(_cfg(out, tasks=[0], demos=1, render=False))
     assert G.policy_revision("clad_lite.expert:make_expert") == 1
     assert G.policy_revision("clad_lite.expert:make_feedback_expert") == 2
+
+
+def test_run_attempt_records_only_once_the_policy_is_recording(monkeypatch, tmp_path):
+    """A recovery expert (``clad_lite.expert.recovery``) fumbles first with ``recording`` False: those
+    steps run in the simulator but are never stored, so the demo starts at the hand-over state."""
+
+    class LateRecorder(ScriptedPolicy):
+        @property
+        def recording(self):
+            return self.t >= 3  # its first 3 actions are a fumble
+
+    monkeypatch.setattr(G, "_get_env", lambda *args: FakeEnv())
+    monkeypatch.setattr(G, "resolve_policy", lambda spec: lambda env, rng: LateRecorder())
+    job = {"suite": "libero_10", "task_id": 0, "attempt": 2, "seed": 0, "policy": "p:q", "budget": 50,
+           "keep_failures": False, "done_grace": 0, "parts": str(tmp_path)}
+    record = G.run_attempt(job)
+    # FakeEnv succeeds after 8 policy steps: 2 unrecorded (t = 1, 2), 6 recorded
+    assert record["success"] and record["kept"] and (record["unrecorded_steps"], record["length"]) == (2, 6)
+    with h5py.File(tmp_path / "attempt_00002.h5", "r") as f:
+        demo = f["data/demo"]
+        np.testing.assert_array_equal(demo["states"][:, 0], 15 + 2 + np.arange(6))  # from the hand-over state on
+        np.testing.assert_array_equal(demo.attrs["init_state"], demo["states"][0])
+        assert demo.attrs["unrecorded_steps"] == 2

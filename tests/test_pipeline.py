@@ -297,3 +297,39 @@ def test_a_field_at_its_neutral_value_keeps_older_stamps_valid():
     data_before = {k: v for k, v in profile.to_dict()["data"].items() if k != "success_hold"}
     assert _content("data", data_before) == _section(profile, "data")
     assert _section(apply_overrides(profile, ["data.success_hold=10"]), "data")["success_hold"] == 10
+    data_before = {k: v for k, v in profile.to_dict()["data"].items() if k != "recovery_demos"}
+    assert _content("data", data_before) == _section(profile, "data")
+    assert _section(apply_overrides(profile, ["data.recovery_demos=5"]), "data")["recovery_demos"] == 5
+
+
+def test_recovery_demos_are_generated_embedded_and_trained_on(first_run, one_thread):
+    """``data.recovery_demos``: the recovery expert's demonstrations go to DATA/recovery (files
+    ``<task>_recovery.hdf5``, their own cache); both training stages read them, the encoder does not."""
+    from clad_lite.demos import hdf5 as H
+
+    root = first_run[0]
+    pipe = Pipeline("ci", out=root / "run", overrides=overrides(root) + ["data.recovery_demos=1"], threads=1,
+                    progress=False)
+    pipe.stage2()
+    got = statuses(pipe.steps)
+    assert got["data"] == "reused" and got["recovery"] == "done" and got["encoder"] == "reused", got
+    assert got["stage1:clad"] == got["stage2:policy"] == "redone (stale)", got  # more data: both stages again
+    recovery = root / "data" / "libero_10" / "recovery"
+    (path,) = H.find_demo_files([recovery])
+    assert path.name.endswith("_recovery.hdf5")
+    summary = json.loads((recovery / "summary.json").read_text())
+    assert summary["config"]["policy"] == "clad_lite.expert:make_recovery_expert" and summary["config"]["seed"] == 1
+    with H.DemoFile(path) as demo_file:
+        (demo,) = demo_file.demos
+        assert demo_file.group(demo).attrs["unrecorded_steps"] > 0  # it starts at the hand-over
+    for run in ("clad", "policy"):
+        data = json.loads((root / "run" / run / "run.json").read_text())["data"]
+        assert data["recovery_files"] == 1 and data["recovery_dir"] == str(recovery), data
+    again = Pipeline("ci", out=root / "run", overrides=overrides(root) + ["data.recovery_demos=1"], threads=1,
+                     progress=False)
+    again.stage2()
+    assert set(statuses(again.steps).values()) == {"reused"}, statuses(again.steps)
+    # without recovery demos the stamps no longer match: the clean-data runs come back
+    back = new_pipeline(root)
+    back.stage1()
+    assert statuses(back.steps)["stage1:clad"] == "redone (stale)"

@@ -68,7 +68,10 @@ pass 2 ~ 8-21 frames/s wall, 17-46 frames per CPU second; about 7-14 MB per demo
 (~ 35-50 kB per step for both cameras, gzip ~ 0.51 of raw).
 
 **Policy.** ``--policy module:factory`` names ``factory(env, rng) -> policy`` (called after
-reset and settling) with ``policy.act(obs) -> (7,) action in [-1, 1]`` and ``policy.done``.
+reset and settling) with ``policy.act(obs) -> (7,) action in [-1, 1]`` and ``policy.done``;
+while an optional ``policy.recording`` is False its steps run but are not stored (the
+recovery expert's fumble, ``clad_lite.expert:make_recovery_expert``: its demos start at the
+hand-over, the steps before are counted in the attempt's ``unrecorded_steps``).
 The default is the project's scripted expert, ``clad_lite.expert:make_expert``.
 ``clad_lite.demos.generate:make_standin_policy`` is a short fixed motion for testing the
 machinery; it never solves a task, so use it with ``--keep-failures``, which keeps
@@ -153,6 +156,9 @@ class GenerateConfig:
     # the factory's ``revision`` attribute (1 when absent), filled in by resolved(): a fixed expert
     # under the same name never mixes its demonstrations with the old ones
     policy_revision: int | None = None
+    # task files are <task name>_<kind>.hdf5: "demo" (LIBERO's naming) or e.g. "recovery"
+    # (clad_lite.expert.recovery; the pipeline keeps those in DATA/recovery)
+    kind: str = "demo"
 
     def resolved(self) -> GenerateConfig:
         from clad_lite.sim import MAX_EPISODE_STEPS, SETTLE_STEPS
@@ -163,6 +169,8 @@ class GenerateConfig:
             raise UserError("--done-grace must be >= 0")
         if self.success_hold < 0:
             raise UserError(f"--success-hold must be >= 0, got {self.success_hold}")
+        if not re.fullmatch(r"[a-z]+", self.kind):
+            raise UserError(f"--kind must be a lowercase word (files are <task>_<kind>.hdf5), got {self.kind!r}")
         if not (0.0 <= self.action_noise <= 1.0) or self.action_noise_hold < 1:
             raise UserError(f"--action-noise must be in [0, 1] and --action-noise-hold >= 1, got "
                             f"{self.action_noise} and {self.action_noise_hold}")
@@ -218,9 +226,10 @@ class ActionNoise:
         return np.clip(executed, -1.0, 1.0)
 
 
-def task_file_name(task) -> str:
-    """LIBERO's own naming: ``<task name>_demo.hdf5``."""
-    return f"{task.name}_demo.hdf5"
+def task_file_name(task, kind: str = "demo") -> str:
+    """LIBERO's own naming, ``<task name>_demo.hdf5``; another ``kind`` (``"recovery"``) names files
+    that must not pass for a task's clean demonstrations."""
+    return f"{task.name}_{kind}.hdf5"
 
 
 def parts_dir(out: Path, task_id: int) -> Path:
@@ -333,6 +342,7 @@ def run_attempt(job: dict) -> dict:
     success = False
     error = None
     after_done = 0
+    unrecorded = 0  # steps executed before the policy's ``recording`` turned on
     success_streak = 0  # consecutive steps after which check_success() held
     success_hold = int(job.get("success_hold", _FINGERPRINT_DEFAULTS["success_hold"]))
     sim_start, cpu_start = time.perf_counter(), time.process_time()
@@ -344,6 +354,10 @@ def run_attempt(job: dict) -> dict:
             if action.shape != (H.ACTION_DIM,) or not np.all(np.isfinite(action)):
                 raise ValueError(f"policy {job['policy']} returned a bad action {action!r}")
             action = np.clip(action, -1.0, 1.0)
+            if not getattr(policy, "recording", True):  # e.g. a recovery expert's fumble: run, never a label
+                unrecorded += 1
+                obs, _, _, _ = env.step(noise(action))
+                continue
             states.append(state)
             records.append(proprio)
             actions.append(action)
@@ -364,7 +378,8 @@ def run_attempt(job: dict) -> dict:
     T = len(actions)
     kept = bool(success or job["keep_failures"]) and T > 0 and error is None
     record = {"task_id": job["task_id"], "attempt": job["attempt"], "env_seed": env_seed, "error": error,
-              "success": bool(success), "kept": kept, "length": T, "sim_seconds": sim_seconds,
+              "success": bool(success), "kept": kept, "length": T, "unrecorded_steps": unrecorded,
+              "sim_seconds": sim_seconds,
               "sim_cpu_seconds": sim_cpu_seconds,
               "seconds": time.perf_counter() - start}
     part = Path(job["parts"])
@@ -383,7 +398,7 @@ def run_attempt(job: dict) -> dict:
         with f:
             H.write_demo(f.require_group("data"), "demo", demo, attrs={
                 "attempt": job["attempt"], "env_seed": env_seed, "success": bool(success),
-                "init_state": demo["states"][0], "complete": True})
+                "init_state": demo["states"][0], "unrecorded_steps": unrecorded, "complete": True})
         os.replace(tmp, path)
     _write_json_atomic(part / f"attempt_{job['attempt']:05d}.json", record)
     return record
@@ -553,7 +568,7 @@ def _build_task_file(cfg: GenerateConfig, task, selected: list[dict]) -> Path:
     """(Re)build the task file from the pass-1 parts, keeping images already rendered."""
     import h5py
 
-    path = Path(cfg.out) / task_file_name(task)
+    path = Path(cfg.out) / task_file_name(task, cfg.kind)
     if not selected:  # no demo kept: no file (a file without demos is not a valid data file)
         path.unlink(missing_ok=True)
         return path
@@ -734,7 +749,7 @@ def _part_settings(part: Path) -> tuple[int, int] | None:
 def _pass2(cfg: GenerateConfig, tasks, executor) -> None:
     jobs, todo = [], {}
     for task in tasks:
-        path = Path(cfg.out) / task_file_name(task)
+        path = Path(cfg.out) / task_file_name(task, cfg.kind)
         if not path.exists():
             if not cfg.render_only:
                 continue  # pass 1 kept no demo of this task
@@ -801,7 +816,7 @@ def summarize(cfg: GenerateConfig, tasks, wall_seconds: float) -> dict:
         directory = parts_dir(cfg.out, task.task_id)
         attempts = [json.loads(p.read_text()) for p in sorted(directory.glob("attempt_*.json"))]
         renders = [json.loads(p.read_text()) for p in sorted(directory.glob("render_demo_*.json"))]
-        path = Path(cfg.out) / task_file_name(task)
+        path = Path(cfg.out) / task_file_name(task, cfg.kind)
         lengths, rendered, size = [], False, 0
         if path.exists():
             with H.DemoFile(path) as demo_file:
@@ -944,6 +959,9 @@ def register(subparsers) -> None:
     parser.add_argument("--policy", default=DEFAULT_POLICY, help=f"module:factory (default {DEFAULT_POLICY})")
     parser.add_argument("--keep-failures", action="store_true",
                         help="also keep unsuccessful episodes (for testing the machinery with a stand-in policy)")
+    parser.add_argument("--kind", default="demo",
+                        help="task files are <task>_<kind>.hdf5 (default demo, LIBERO's naming; the pipeline's "
+                             "recovery demonstrations use recovery)")
     parser.add_argument("--multisample", action="store_true", help="4x MSAA when rendering (2x slower)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=_main)
@@ -956,7 +974,7 @@ def _main(args) -> int:
         image_size=args.image_size, image_stride=args.image_stride, seed=args.seed, policy=args.policy, keep_failures=args.keep_failures,
         budget=args.budget, max_attempts=args.max_attempts, done_grace=args.done_grace,
         action_noise=args.action_noise, action_noise_hold=args.action_noise_hold,
-        success_hold=args.success_hold, multisample=args.multisample,
+        success_hold=args.success_hold, multisample=args.multisample, kind=args.kind,
         progress=not args.no_progress)
     summary = generate(cfg)
     print(format_table(summary))

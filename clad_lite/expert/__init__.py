@@ -25,7 +25,10 @@ class UnsupportedTaskError(ValueError):
 
 
 class ScriptedExpert:
-    def __init__(self, env, rng: np.random.Generator, motion: str = "min_jerk"):
+    """``resume=True`` plans from the scene as the first ``act`` finds it, mid-task included
+    (``plans.plan_for``): the expert that takes over in recovery demonstrations."""
+
+    def __init__(self, env, rng: np.random.Generator, motion: str = "min_jerk", resume: bool = False):
         task = env.task
         if task.task_id not in SUPPORTED.get(task.suite, ()):
             raise UnsupportedTaskError(
@@ -34,6 +37,7 @@ class ScriptedExpert:
             )
         self.env = env
         self.scene = Scene(env, rng, motion)
+        self.resume = resume
         self._plan = None
         self.done = False
         self.steps = 0
@@ -41,7 +45,7 @@ class ScriptedExpert:
     def act(self, obs: dict) -> np.ndarray:
         self.scene.obs = obs
         if self._plan is None:
-            self._plan = plan_for(self.scene)
+            self._plan = plan_for(self.scene, resume=self.resume)
         self.steps += 1
         if not self.done:
             try:
@@ -55,8 +59,8 @@ class ScriptedExpert:
         return sc.action(sc.goal_pos, sc.goal_R)
 
 
-def make_expert(env, rng: np.random.Generator, motion: str = "min_jerk") -> ScriptedExpert:
-    return ScriptedExpert(env, rng, motion)
+def make_expert(env, rng: np.random.Generator, motion: str = "min_jerk", resume: bool = False) -> ScriptedExpert:
+    return ScriptedExpert(env, rng, motion, resume)
 
 
 def make_feedback_expert(env, rng: np.random.Generator) -> ScriptedExpert:
@@ -71,4 +75,16 @@ def make_feedback_expert(env, rng: np.random.Generator) -> ScriptedExpert:
 make_feedback_expert.revision = 2
 
 
-__all__ = ["SUPPORTED", "ScriptedExpert", "UnsupportedTaskError", "make_expert", "make_feedback_expert"]
+def make_recovery_expert(env, rng: np.random.Generator):
+    """Recovery demonstrations (``recovery.RecoveryExpert``): the expert fumbles one grasp the way the
+    lite policies do, and ``generate`` records only how it recovers from there."""
+    from .recovery import RecoveryExpert
+
+    return RecoveryExpert(env, rng, "min_jerk")
+
+
+make_recovery_expert.revision = 1
+
+
+__all__ = ["SUPPORTED", "ScriptedExpert", "UnsupportedTaskError", "make_expert", "make_feedback_expert",
+           "make_recovery_expert"]

@@ -9,7 +9,9 @@ primitives:
 * ``(close articulated)``       -> :func:`close_drawer` / :func:`close_door`.
 
 Order: switches first, then placements in goal order, then closing (a drawer or door is closed
-over what was put inside). Before a top-down grasp, a tall object standing where the open hand
+over what was put inside). ``plan_for(scene, resume=True)`` plans from a mid-task scene instead
+(what already holds is skipped, a held object is placed at once): the expert that takes over in
+``recovery.RecoveryExpert``'s demonstrations. Before a top-down grasp, a tall object standing where the open hand
 has to go is moved aside (:func:`clear_hand_footprint`); objects bound for a microwave are taken
 by the handle (:func:`place_through_front`).
 
@@ -212,20 +214,65 @@ def _targets(goal):
     return [(p[0].lower(), *p[1:]) for p in goal]
 
 
-def plan_for(sc: Scene):
+def plan_for(sc: Scene, resume: bool = False):
+    """The task's plan from the episode's start, or, with ``resume``, from the scene as it is now
+    (mid-task: after a policy's steps or a fumbled grasp): goal predicates that already hold are
+    skipped, an object already in the hand is placed without a new pick, and otherwise the hand
+    first opens and rises clear (:func:`free_hand`). ``resume=False`` is the plan of the data sets."""
     goal = _targets(sc.problem.parsed_problem["goal_state"])
-    placements = [g for g in goal if g[0] in ("in", "on")]
+    placements = [(i, g) for i, g in enumerate(goal) if g[0] in ("in", "on")]
+    holds = (lambda index: sc.env.goal_status()[index]) if resume else (lambda index: False)
+    if resume:
+        switches_left = any(g[0] == "turnon" and not holds(i) for i, g in enumerate(goal))
+        first = next((g[1] for i, g in placements if not holds(i)), None)
+        yield from free_hand(sc, keep=None if switches_left else first)
     for pred in goal:
         if pred[0] == "turnon":
             yield from turn_on_knob(sc, pred[1])
-    for i, (kind, obj, target) in enumerate(placements):
-        yield from pick_object(sc, obj, by_handle=_is_oven(sc, target))
-        yield from place_object(sc, kind, obj, target, i, len(placements))
+    for slot, (index, (kind, obj, target)) in enumerate(placements):
+        if holds(index):
+            continue
+        if not (resume and held_object(sc) == obj):
+            yield from pick_object(sc, obj, by_handle=_is_oven(sc, target))
+        yield from place_object(sc, kind, obj, target, slot, len(placements))
         yield from pause(sc)
-    for pred in goal:
-        if pred[0] == "close":
+    for index, pred in enumerate(goal):
+        if pred[0] == "close" and not holds(index):
             yield from close_articulated(sc, pred[1])
     yield from hold(sc, 3)
+
+
+# ====================================================================== resuming mid-task
+# the Panda's finger joints are +-0.04 m apart when open; below this the hand counts as (partly) closed
+FINGERS_OPEN = 0.07
+# a resumed plan first lifts a free hand to this height above the table (the approach height of a pick)
+CLEAR_HEIGHT = 0.12
+
+
+def held_object(sc: Scene) -> str | None:
+    """The movable object that both finger pads touch now (robosuite's ``_check_grasp``), if any."""
+    problem = sc.problem
+    gripper = problem.robots[0].gripper
+    for name in sc.movable_objects():
+        if problem._check_grasp(gripper=gripper, object_geoms=problem.get_object(name)):
+            return name
+    return None
+
+
+def free_hand(sc: Scene, keep: str | None = None):
+    """Start of a resumed plan: if the hand holds ``keep``, keep holding it (the gripper command
+    stays closed); otherwise open the hand if it is closed or holds something else, and rise
+    clear of the objects, so that the next pick starts as it would in a fresh plan."""
+    held = held_object(sc)
+    if keep is not None and held == keep:
+        sc.grip = GRIPPER_CLOSED
+        return
+    fingers = np.asarray(sc.obs["robot0_gripper_qpos"], dtype=np.float64)
+    if held is not None or fingers[0] - fingers[1] < FINGERS_OPEN:
+        yield from open_gripper(sc)
+    clear = min(sc.extent(o)[0][2] for o in sc.movable_objects()) + CLEAR_HEIGHT
+    if sc.eef_pos[2] < clear:
+        yield from move(sc, [sc.eef_pos[0], sc.eef_pos[1], clear], sc.eef_R, grip=GRIPPER_OPEN, settle=0)
 
 
 def place_on_region(sc: Scene, obj: str, region: str, slot: int, n_slots: int):

@@ -57,6 +57,7 @@ class Scene:
         self.grip = GRIPPER_OPEN
         self.goal_pos: np.ndarray | None = None
         self.goal_R: np.ndarray | None = None
+        self.closing_on: str | None = None  # the object of the grasp now closing (``pick``)
         # one speed factor per episode plus a small per-motion jitter: diverse demonstrations
         self.tempo = float(rng.uniform(0.85, 1.15))
         if motion == "feedback":  # the speed must follow from the state: no hidden tempo
@@ -299,7 +300,9 @@ def pick(sc: Scene, obj: str, *, yaw: float, offset=(0.0, 0.0, 0.0), approach: f
             yield sc.action(pre + bias, R)
         target = target + bias
     yield from move(sc, target, R, speed=SLOW, tol=0.006, settle=12)
+    sc.closing_on = obj  # what this close grasps (``recovery.RecoveryExpert`` fumbles it)
     yield from close_gripper(sc)
+    sc.closing_on = None
     if sc.motion == "feedback":
         # the fingers are still closing when the hand starts to rise (on a thin bowl rim, or the
         # moka pot's body above where the open fingers stop); min-jerk's gentle start gives them
