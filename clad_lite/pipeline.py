@@ -22,6 +22,11 @@ Six steps for ``libero_10``, each skipped when its output is already there *and 
  6     eval            ``OUT/eval_policy/`` (LIBERO rollouts, videos)  ``results.json``
 =====  ==============  ==============================================  ===============================
 
+``--set data.recovery_demos=N`` (not the paper) adds a step after *data*: N recovery
+demonstrations per task in ``DATA/recovery`` (``clad_lite.expert.recovery``: the expert fumbles
+one grasp, only its recovery is recorded), embedded into their own cache and read by both
+training stages; the encoder keeps training on the clean demonstrations only.
+
 ``--baseline`` adds the policy-only baseline (``policy.foresight=none``) with the same data and
 budget: ``OUT/policy_only/`` and ``OUT/eval_policy_only/``. ``--parallel`` trains and evaluates
 it in a second process while CLaD's stage 1, stage 2 and evaluation run (one torch thread and
@@ -236,7 +241,7 @@ class Pipeline:
         self.oracle = self.profile.data.vision_source == SIM_STATE
         self.steps: list[StepRecord] = []
         self._memo: dict[str, object] = {}
-        self._planned = len(self.STEPS)
+        self._planned = len(self.STEPS) + (1 if self.profile.data.recovery_demos else 0)
         if threads:
             self._set_threads(threads)
 
@@ -739,7 +744,7 @@ class Pipeline:
         and stamps as a sequential run, so the summary below simply reuses them.
         """
         self.steps, self._memo = [], {}
-        self._planned = len(self.STEPS) + (2 if baseline else 0)
+        self._planned = len(self.STEPS) + (2 if baseline else 0) + (1 if self.profile.data.recovery_demos else 0)
         start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         runs = [("policy", (), "clad")] + ([("policy_only", BASELINE_OVERRIDES, None)] if baseline else [])
