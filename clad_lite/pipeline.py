@@ -381,23 +381,35 @@ class Pipeline:
         if complete:
             self._record("recovery", "reused", start, self.recovery_dir, why)
             return self.recovery_dir
-        from clad_lite.demos.generate import GenerateConfig, generate
-
         self._announce("recovery", f"generating {d.recovery_demos} recovery demos x tasks {list(d.tasks)} "
                                    f"into {self.recovery_dir}")
-        summary = generate(GenerateConfig(suite=d.suite, tasks=list(d.tasks), demos=d.recovery_demos,
-                                          out=str(self.recovery_dir), workers=d.workers, image_size=d.image_size,
-                                          image_stride=d.image_stride, render=not self.oracle,
-                                          action_noise=d.action_noise, success_hold=d.success_hold,
-                                          policy=RECOVERY_POLICY, kind=RECOVERY_KIND,
-                                          seed=d.seed + RECOVERY_SEED_OFFSET, progress=self.progress))
-        empty = [r["task_id"] for r in summary["tasks"] if r["demos"] == 0]
-        if empty:
-            raise UserError(f"generate kept no recovery demonstration of task(s) {empty} "
-                            f"(see {self.recovery_dir}/summary.json)")
+        summary = self._generate(recovery=True)
         self._record("recovery", "done", start, self.recovery_dir,
                      f"{summary['total_demos']} recovery demos generated in {_seconds(time.perf_counter() - start)}")
         return self.recovery_dir
+
+    def _generate(self, recovery: bool = False) -> dict:
+        """``generate`` the profile's demonstrations (or their recovery set), resumed where it stopped;
+        a task without any kept demonstration is an error, fewer than asked a warning."""
+        from clad_lite.demos.generate import GenerateConfig, generate
+
+        d = self.profile.data
+        out = self.recovery_dir if recovery else self.data_dir
+        summary = generate(GenerateConfig(
+            suite=d.suite, tasks=list(d.tasks), demos=d.recovery_demos if recovery else d.demos_per_task,
+            out=str(out), workers=d.workers, image_size=d.image_size, image_stride=d.image_stride,
+            render=not self.oracle, action_noise=d.action_noise, success_hold=d.success_hold,
+            policy=RECOVERY_POLICY if recovery else d.expert_policy, kind=RECOVERY_KIND if recovery else "demo",
+            seed=d.seed + (RECOVERY_SEED_OFFSET if recovery else 0), progress=self.progress))
+        what = "recovery demonstration" if recovery else "demonstration"
+        empty = [r["task_id"] for r in summary["tasks"] if r["demos"] == 0]
+        if empty:
+            raise UserError(f"generate kept no {what} of task(s) {empty} (see {out}/summary.json)")
+        short = [f"task {r['task_id']}: {r['demos']}/{r['demos_requested']}" for r in summary["tasks"]
+                 if r["demos"] < r["demos_requested"]]
+        if short:
+            print(f"warning: fewer {what}s than asked ({', '.join(short)})", file=sys.stderr)
+        return summary
 
     def _demonstrations(self) -> Path:
         start = time.perf_counter()
@@ -414,23 +426,9 @@ class Pipeline:
             self._memo["data"] = self.data_dir
             self._record("data", "reused", start, self.data_dir, why)
             return self.data_dir
-        from clad_lite.demos.generate import GenerateConfig, generate
-
         self._announce("data", f"generating {d.demos_per_task} demos x tasks {list(d.tasks)} at {d.image_size} px "
                                f"(images every {d.image_stride} steps) into {self.data_dir}")
-        summary = generate(GenerateConfig(suite=d.suite, tasks=list(d.tasks), demos=d.demos_per_task,
-                                          out=str(self.data_dir), workers=d.workers, image_size=d.image_size,
-                                          image_stride=d.image_stride, render=not self.oracle,
-                                          action_noise=d.action_noise, success_hold=d.success_hold,
-                                          policy=d.expert_policy,
-                                          seed=d.seed, progress=self.progress))
-        empty = [r["task_id"] for r in summary["tasks"] if r["demos"] == 0]
-        if empty:
-            raise UserError(f"generate kept no demonstration of task(s) {empty} (see {self.data_dir}/summary.json)")
-        short = [f"task {r['task_id']}: {r['demos']}/{r['demos_requested']}" for r in summary["tasks"]
-                 if r["demos"] < r["demos_requested"]]
-        if short:
-            print(f"warning: fewer demonstrations than asked ({', '.join(short)})", file=sys.stderr)
+        summary = self._generate()
         self._memo["data"] = self.data_dir
         self._write_stamp("data", {"data": self.data_fingerprint()}, self.data_dir, time.perf_counter() - start)
         self._record("data", "done", start, self.data_dir,
