@@ -140,6 +140,8 @@ class DataConfig:
                f"data.expert_motion must be one of {tuple(EXPERT_FACTORIES)}, got {self.expert_motion!r}")
         _check(self.vision_source in VISION_SOURCES,
                f"data.vision_source must be one of {VISION_SOURCES}, got {self.vision_source!r}")
+        _check(not (self.recovery_demos and self.vision_source != "encoder"),
+               "data.recovery_demos needs data.vision_source=encoder (the state oracle does not read them)")
 
     @property
     def expert_policy(self) -> str:

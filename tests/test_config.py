@@ -44,6 +44,11 @@ def test_sections_validate_values():
         DataConfig(success_hold=-1)
     with pytest.raises(ConfigError, match="data.expert_motion must be one of"):
         DataConfig(expert_motion="spline")
+    with pytest.raises(ConfigError, match="data.recovery_demos must be an integer >= 0"):
+        DataConfig(recovery_demos=-1)
+    with pytest.raises(ConfigError, match="data.recovery_demos needs data.vision_source=encoder"):
+        DataConfig(recovery_demos=5, vision_source="sim_state")
+    assert DataConfig(recovery_demos=5).recovery_demos == 5
 
 
 def test_expert_motions_name_the_expert_factories():
