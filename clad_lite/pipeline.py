@@ -241,11 +241,15 @@ class Pipeline:
         self.oracle = self.profile.data.vision_source == SIM_STATE
         self.steps: list[StepRecord] = []
         self._memo: dict[str, object] = {}
-        self._planned = len(self.STEPS) + (1 if self.profile.data.recovery_demos else 0)
+        self._planned = self._steps_planned()
         if threads:
             self._set_threads(threads)
 
     # ------------------------------------------------------------------ bookkeeping
+    def _steps_planned(self, baseline: bool = False) -> int:
+        """Steps a run announces: the six, the recovery set's, and the baseline's stage 2 and eval."""
+        return len(self.STEPS) + (1 if self.profile.data.recovery_demos else 0) + (2 if baseline else 0)
+
     @staticmethod
     def _set_threads(threads: int) -> None:
         import torch
@@ -313,13 +317,23 @@ class Pipeline:
 
         return self.data_dir / RECOVERY_FOLDER
 
+    def _data_set(self, recovery: bool = False) -> dict:
+        """What ``generate`` makes for the profile's demonstrations, or with ``recovery`` their recovery
+        set: ``{"out", "demos", "policy", "seed", "kind"}`` (what :meth:`_data_complete` checks)."""
+        d = self.profile.data
+        if recovery:
+            return {"out": self.recovery_dir, "demos": d.recovery_demos, "policy": RECOVERY_POLICY,
+                    "seed": d.seed + RECOVERY_SEED_OFFSET, "kind": RECOVERY_KIND}
+        return {"out": self.data_dir, "demos": d.demos_per_task, "policy": d.expert_policy, "seed": d.seed,
+                "kind": "demo"}
+
     def _data_complete(self, recovery: bool = False) -> tuple[bool, str]:
         """Whether ``generate``'s ``summary.json`` says the profile's data set (or, with ``recovery``,
         its recovery set) is all there."""
         d = self.profile.data
-        data_dir = self.recovery_dir if recovery else self.data_dir
-        demos_per_task = d.recovery_demos if recovery else d.demos_per_task
-        policy, seed = (RECOVERY_POLICY, d.seed + RECOVERY_SEED_OFFSET) if recovery else (d.expert_policy, d.seed)
+        wanted_set = self._data_set(recovery)
+        data_dir, demos_per_task = wanted_set["out"], wanted_set["demos"]
+        policy, seed = wanted_set["policy"], wanted_set["seed"]
         summary = _read_json(data_dir / "summary.json")
         if not isinstance(summary, dict):
             return False, "no summary.json"
@@ -394,13 +408,12 @@ class Pipeline:
         from clad_lite.demos.generate import GenerateConfig, generate
 
         d = self.profile.data
-        out = self.recovery_dir if recovery else self.data_dir
+        data_set = self._data_set(recovery)
+        out = data_set["out"]
         summary = generate(GenerateConfig(
-            suite=d.suite, tasks=list(d.tasks), demos=d.recovery_demos if recovery else d.demos_per_task,
-            out=str(out), workers=d.workers, image_size=d.image_size, image_stride=d.image_stride,
-            render=not self.oracle, action_noise=d.action_noise, success_hold=d.success_hold,
-            policy=RECOVERY_POLICY if recovery else d.expert_policy, kind=RECOVERY_KIND if recovery else "demo",
-            seed=d.seed + (RECOVERY_SEED_OFFSET if recovery else 0), progress=self.progress))
+            suite=d.suite, tasks=list(d.tasks), workers=d.workers, image_size=d.image_size,
+            image_stride=d.image_stride, render=not self.oracle, action_noise=d.action_noise,
+            success_hold=d.success_hold, progress=self.progress, **{**data_set, "out": str(out)}))
         what = "recovery demonstration" if recovery else "demonstration"
         empty = [r["task_id"] for r in summary["tasks"] if r["demos"] == 0]
         if empty:
@@ -742,7 +755,7 @@ class Pipeline:
         and stamps as a sequential run, so the summary below simply reuses them.
         """
         self.steps, self._memo = [], {}
-        self._planned = len(self.STEPS) + (2 if baseline else 0) + (1 if self.profile.data.recovery_demos else 0)
+        self._planned = self._steps_planned(baseline)
         start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         runs = [("policy", (), "clad")] + ([("policy_only", BASELINE_OVERRIDES, None)] if baseline else [])
