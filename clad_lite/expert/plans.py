@@ -172,7 +172,7 @@ def clear_hand_footprint(sc: Scene, obj: str, yaw: float, grip_z: float):
         axis = np.array([np.sin(yaw), -np.cos(yaw)]) * np.sign(along)
         shift = 0.105 + r - abs(along) + 0.02
         others = [sc.extent(o) for o in sc.problem.obj_body_id if o not in (blocker, obj) and o in sc.problem.objects_dict]
-        goal_objects = [g[1] for g in _targets(sc.problem.parsed_problem["goal_state"]) if g[0] in ("in", "on")]
+        goal_objects = placed_objects(sc.problem)
         best, best_score = None, -np.inf
         for turn in (0.0, 0.5, -0.5, 0.9, -0.9):
             c, s_ = np.cos(turn), np.sin(turn)
@@ -212,6 +212,11 @@ def place_in_container(sc: Scene, obj: str, region: str, slot: int, n_slots: int
 # ====================================================================== plan
 def _targets(goal):
     return [(p[0].lower(), *p[1:]) for p in goal]
+
+
+def placed_objects(problem) -> list[str]:
+    """The objects the task's goal puts somewhere (``in`` / ``on`` predicates), in goal order."""
+    return [g[1] for g in _targets(problem.parsed_problem["goal_state"]) if g[0] in ("in", "on")]
 
 
 def plan_for(sc: Scene, resume: bool = False):

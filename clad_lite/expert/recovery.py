@@ -42,13 +42,13 @@ class RecoveryExpert:
 
     def __init__(self, env, rng: np.random.Generator, motion: str = "min_jerk"):
         from . import ScriptedExpert
-        from .plans import _targets
+        from .plans import placed_objects
 
         self.env, self.motion = env, motion
         lead_rng, self._follow_rng, fumble_rng = rng.spawn(3)
         self.lead = ScriptedExpert(env, lead_rng, motion)
         # the objects the plan picks to place them (a tall object moved out of the hand's way is not one)
-        self._placed = [g[1] for g in _targets(env.robosuite_env.parsed_problem["goal_state"]) if g[0] in ("in", "on")]
+        self._placed = placed_objects(env.robosuite_env)
         picks = len(self._placed)
         angle = fumble_rng.uniform(-np.pi, np.pi)
         xy = fumble_rng.uniform(*MISS_XY) * np.array([np.cos(angle), np.sin(angle)])
