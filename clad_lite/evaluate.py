@@ -104,6 +104,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -587,9 +588,45 @@ class Agent:
         return action, np.clip(raw, -1.0, 1.0).astype(np.float32)
 
     # ---------------------------------------------------------------- an episode
-    def rollout(self, job: dict) -> dict:
+    def begin_episode(self, instruction: str, seed: int) -> Episode:
+        """A fresh episode's history: the gripper latch opens and the sampler's generator is seeded."""
         import torch
 
+        self.gripper = float(_noop()[-1])  # the latch of ``to_env`` starts open, as the warm-up leaves the hand
+        return Episode(instruction=instruction, language=self.language(instruction),
+                       generator=torch.Generator(device=self.device).manual_seed(seed))
+
+    def act(self, episode: Episode, env, obs) -> tuple[np.ndarray, dict | None]:
+        """The env action (7,) of the episode's next step from ``obs``, and the camera frames rendered for
+        it (None on steps that render nothing). Queries the policy every ``query_every`` steps (renders the
+        cameras, encodes them, samples a chunk) and records the step in ``episode``; the caller steps the
+        environment (``rollout``, or ``clad_lite.expert.dagger``'s hand-over policy)."""
+        e, t = episode, episode.t
+        e.proprio.append(self.proprio(env, obs))
+        frames = None
+        if t % self.query_every == 0:
+            if self.state_observation is None or self.observer is not None:
+                frames = env.render_cameras()
+                e.renders += 1
+            tick = time.perf_counter()
+            if self.state_observation is None:
+                e.vision[t] = self.vision(frames)
+            else:  # the oracle: the true simulator state instead of the encoded cameras
+                e.vision[t] = self.state_observation.vision(e.instruction, env.get_sim_state())
+            e.chunks.append((t, self.plan(t, e.proprio, e.vision, e.executed, e.language, e.generator)))
+            e.model_seconds += time.perf_counter() - tick
+            e.queries += 1
+            if self.observer is not None:
+                self.observer(t=t, frames=frames, proprio=e.proprio[t], history=e.proprio, vision=e.vision[t],
+                              language=e.language, foresight=self.last_foresight, chunk=e.chunks[-1][1])
+            e.vision.pop(t - self.tau - self.query_every, None)  # keep what CLaD still needs
+            e.chunks = [(s, c) for s, c in e.chunks if s + len(c) > t]
+        action, env_action = self.to_env(self.choose(t, e.chunks).astype(np.float32))
+        e.executed.append(action)
+        e.t += 1
+        return env_action, frames
+
+    def rollout(self, job: dict) -> dict:
         from clad_lite.sim import task_info
 
         task_id, episode = int(job["task_id"]), int(job["episode"])
@@ -605,56 +642,31 @@ class Agent:
             obs = env.reset_to_init_state(episode, seed)
         reset_seconds = time.perf_counter() - start
         noop = _noop()
-        self.gripper = float(noop[-1])  # the latch of ``to_env`` starts open, as the warm-up leaves the hand
         for _ in range(int(spec["warmup_steps"])):
             obs, _, _, _ = env.step(noop)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        instruction = task_info(spec["suite"], task_id).instruction
-        language = self.language(instruction)
+        history = self.begin_episode(task_info(spec["suite"], task_id).instruction, seed)
         video = job.get("video", False)
         frames_out = [] if video else None
-        proprio, vision, executed, chunks = [], {}, [], []
-        success, t, queries, renders = False, 0, 0, 0
+        success = False
         # how far a failure got: each BDDL goal predicate now and whether it ever held after a step
         goals = env.goal_status()
         goals_reached = [False] * len(goals)
         grasps = GraspLog(env.object_positions)  # where each close landed and whether the object rose
-        model_seconds = 0.0
-        while t < int(spec["max_steps"]):
-            proprio.append(self.proprio(env, obs))
-            frames = None
-            if t % self.query_every == 0:
-                if self.state_observation is None or self.observer is not None:
-                    frames = env.render_cameras()
-                    renders += 1
-                tick = time.perf_counter()
-                if self.state_observation is None:
-                    vision[t] = self.vision(frames)
-                else:  # the oracle: the true simulator state instead of the encoded cameras
-                    vision[t] = self.state_observation.vision(instruction, env.get_sim_state())
-                chunks.append((t, self.plan(t, proprio, vision, executed, language, generator)))
-                model_seconds += time.perf_counter() - tick
-                queries += 1
-                if self.observer is not None:
-                    self.observer(t=t, frames=frames, proprio=proprio[t], history=proprio, vision=vision[t], language=language,
-                                  foresight=self.last_foresight, chunk=chunks[-1][1])
-                vision.pop(t - self.tau - self.query_every, None)  # keep what CLaD still needs
-                chunks = [(s, c) for s, c in chunks if s + len(c) > t]
+        while history.t < int(spec["max_steps"]):
+            env_action, frames = self.act(history, env, obs)
             if video:
                 if frames is None:
                     frames = env.render_cameras()
-                    renders += 1
+                    history.renders += 1
                 frames_out.append(np.concatenate([frames[c][::-1] for c in self.env_cameras], axis=1))
-            action, env_action = self.to_env(self.choose(t, chunks).astype(np.float32))
-            executed.append(action)
             obs, _, _, _ = env.step(env_action)
-            grasps.step(t, env_action[-1], obs["robot0_eef_pos"])
-            t += 1
+            grasps.step(history.t - 1, env_action[-1], obs["robot0_eef_pos"])
             goals = env.goal_status()
             goals_reached = [r or g for r, g in zip(goals_reached, goals)]
             if env.check_success():
                 success = True
                 break
+        t = history.t
         seconds = time.perf_counter() - start
         loop_seconds = seconds - reset_seconds
         env_steps = t + int(spec["warmup_steps"])
@@ -663,13 +675,35 @@ class Agent:
             video_path = write_video(Path(spec["video_dir"]) / f"task{task_id:02d}_ep{episode:03d}_"
                                      f"{'success' if success else 'failure'}.mp4", frames_out)
         return {"task_id": task_id, "episode": episode, "init_state": episode, "success": bool(success),
-                "steps": t, "env_steps": env_steps, "queries": queries, "renders": renders, "seed": seed,
-                "seconds": round(seconds, 3), "model_seconds": round(model_seconds, 3),
+                "steps": t, "env_steps": env_steps, "queries": history.queries, "renders": history.renders,
+                "seed": seed, "seconds": round(seconds, 3), "model_seconds": round(history.model_seconds, 3),
                 "env_build_seconds": round(build_seconds, 3), "reset_seconds": round(reset_seconds, 3),
                 "env_steps_per_s": round(env_steps / loop_seconds, 2) if loop_seconds > 0 else None,
                 "goals": list(env.goal_names), "goals_final": list(goals), "goals_reached": goals_reached,
                 "grasps": grasps.finish(t), "video": str(video_path) if video_path else None, "checkpoint_step": spec.get("step"),
                 "pid": os.getpid()}
+
+
+@dataclass
+class Episode:
+    """What one episode's queries read and its counters (``Agent.begin_episode`` / ``Agent.act``).
+
+    ``proprio``: one normalised (P,) vector per step so far; ``vision``: {query step: (V,) embedding},
+    only those CLaD still reads; ``executed``: the normalised (7,) actions taken; ``chunks``: the live
+    (first step, (L, 7) chunk) pairs; ``t``: the next step's index.
+    """
+
+    instruction: str
+    language: np.ndarray
+    generator: object  # torch.Generator of the action sampler
+    t: int = 0
+    proprio: list = field(default_factory=list)
+    vision: dict = field(default_factory=dict)
+    executed: list = field(default_factory=list)
+    chunks: list = field(default_factory=list)
+    queries: int = 0
+    renders: int = 0
+    model_seconds: float = 0.0
 
 
 @functools.lru_cache(maxsize=16)
