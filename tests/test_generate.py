@@ -554,3 +554,67 @@ def test_run_attempt_records_only_once_the_policy_is_recording(monkeypatch, tmp_
         np.testing.assert_array_equal(demo["states"][:, 0], 15 + 2 + np.arange(6))  # from the hand-over state on
         np.testing.assert_array_equal(demo.attrs["init_state"], demo["states"][0])
         assert demo.attrs["unrecorded_steps"] == 2
+
+
+def test_run_attempt_leaves_no_demo_when_the_policy_is_done_before_recording(monkeypatch, tmp_path):
+    """A hand-over policy whose learned part completed the task alone (``clad_lite.expert.dagger``)
+    reports ``done`` before it ever records: the attempt ends there, with nothing stored."""
+
+    class SolvedAlone(ScriptedPolicy):
+        recording = False
+
+        @property
+        def done(self):
+            return self.t >= 4
+
+        @done.setter
+        def done(self, value):
+            pass
+
+    monkeypatch.setattr(G, "_get_env", lambda *args: FakeEnv())
+    monkeypatch.setattr(G, "resolve_policy", lambda spec: lambda env, rng: SolvedAlone())
+    job = {"suite": "libero_10", "task_id": 0, "attempt": 3, "seed": 0, "policy": "p:q", "budget": 50,
+           "keep_failures": True, "done_grace": 0, "parts": str(tmp_path)}
+    record = G.run_attempt(job)
+    assert (record["kept"], record["length"], record["unrecorded_steps"]) == (False, 0, 3)
+    assert not (tmp_path / "attempt_00003.h5").exists()
+
+
+def test_a_policy_that_reads_cameras_gets_a_rendering_environment(monkeypatch, tmp_path):
+    """Pass 1 is physics only, unless the factory says ``reads_cameras`` (a learned policy): then the
+    environment renders, at the data set's image size; the factory receives the policy args."""
+    built, received = [], []
+
+    def factory(env, rng, **kwargs):
+        received.append(kwargs)
+        return ScriptedPolicy()
+
+    monkeypatch.setattr(G, "_get_env", lambda *args: (built.append(args), FakeEnv())[1])
+    monkeypatch.setattr(G, "resolve_policy", lambda spec: factory)
+    job = {"suite": "libero_10", "task_id": 0, "attempt": 0, "seed": 0, "policy": "p:q", "budget": 50,
+           "keep_failures": False, "done_grace": 0, "parts": str(tmp_path), "image_size": 64,
+           "policy_args": {"checkpoint": "c.pt"}}
+    G.run_attempt(job)
+    factory.reads_cameras = True
+    G.run_attempt({**job, "attempt": 1})
+    assert built == [("libero_10", 0, False, 128, False), ("libero_10", 0, True, 64, False)]
+    assert received == [{"checkpoint": "c.pt"}] * 2
+
+
+def test_policy_args_are_parsed_canonicalised_and_fingerprinted(fake_sim, tmp_path, monkeypatch):
+    assert G.parse_policy_args(["checkpoint=runs/a/policy", " handover = 5-9 "]) == \
+        {"checkpoint": "runs/a/policy", "handover": "5-9"}
+    for bad in (["checkpoint"], ["=x"], ["a=1", "a=2"]):
+        with pytest.raises(UserError, match="policy-arg"):
+            G.parse_policy_args(bad)
+    with pytest.raises(UserError, match="takes no --policy-arg"):
+        _cfg(tmp_path / "x", policy_args={"checkpoint": "c"}).resolved()
+    factory = G.resolve_policy(G.STANDIN_POLICY)
+    monkeypatch.setattr(factory, "canonical_args", lambda args: {**args, "size": str(len(args["checkpoint"]))},
+                        raising=False)
+    out = tmp_path / "p"
+    summary = G.generate(_cfg(out, tasks=[0], demos=1, render=False, policy_args={"checkpoint": "abc"}))
+    assert summary["config"]["policy_args"] == {"checkpoint": "abc", "size": "3"}
+    G.generate(_cfg(out, tasks=[0], demos=1, render=False, policy_args={"checkpoint": "abc"}))  # resumes
+    with pytest.raises(UserError, match="policy_args"):
+        G.generate(_cfg(out, tasks=[0], demos=1, render=False, policy_args={"checkpoint": "abcd"}))

@@ -111,15 +111,16 @@ DONE_GRACE_STEPS = 20
 # give a task up when its first attempts all raise (a broken policy, not bad luck)
 ERROR_ABORT = 3
 # settings that change the recorded data: a resumed run must use the same ones
-_FINGERPRINT_KEYS = ("suite", "seed", "policy", "policy_revision", "budget", "keep_failures", "done_grace",
-                     "action_noise", "action_noise_hold", "success_hold")
+_FINGERPRINT_KEYS = ("suite", "seed", "policy", "policy_revision", "policy_args", "budget", "keep_failures",
+                     "done_grace", "action_noise", "action_noise_hold", "success_hold")
 # what pass 2 renders: 1 = restored states in an environment whose fixtures another reset had placed
 # (up to 1 cm off where pass 1's physics had them); 2 = reset with the attempt's seed first, so the
 # images show the fixtures where they were. Files of an older revision are re-rendered (``_pass2``)
 RENDER_REVISION = 2
 # keys added after data sets were made, with the value that reproduces those sets: a settings.json
 # without them still matches
-_FINGERPRINT_DEFAULTS = {"action_noise": 0.0, "action_noise_hold": 5, "success_hold": 0, "policy_revision": 1}
+_FINGERPRINT_DEFAULTS = {"action_noise": 0.0, "action_noise_hold": 5, "success_hold": 0, "policy_revision": 1,
+                         "policy_args": {}}
 
 
 # =========================================================================== configuration
@@ -159,6 +160,10 @@ class GenerateConfig:
     # task files are <task name>_<kind>.hdf5: "demo" (LIBERO's naming) or e.g. "recovery"
     # (clad_lite.expert.recovery; the pipeline keeps those in DATA/recovery)
     kind: str = "demo"
+    # keyword arguments of the policy factory (``--policy-arg key=value``), e.g. the checkpoint of
+    # clad_lite.expert.dagger; a factory's ``canonical_args(args) -> dict`` checks and completes them
+    # (resolved()), and they are part of the fingerprint
+    policy_args: dict = field(default_factory=dict)
 
     def resolved(self) -> GenerateConfig:
         from clad_lite.sim import MAX_EPISODE_STEPS, SETTLE_STEPS
@@ -177,8 +182,17 @@ class GenerateConfig:
         if budget < 1 or self.demos < 1 or max_attempts < 1 or self.workers < 1 or self.image_size < 1 \
                 or self.image_stride < 1:
             raise UserError("--demos, --budget, --max-attempts, --workers, --image-size and --image-stride must be >= 1")
+        policy_args = dict(self.policy_args)
+        if not self.render_only:
+            canonical = getattr(resolve_policy(self.policy), "canonical_args", None)
+            if canonical is not None:
+                policy_args = canonical(policy_args)
+            elif policy_args:
+                raise UserError(f"--policy {self.policy} takes no --policy-arg (its factory has no canonical_args), "
+                                f"got {sorted(policy_args)}")
         return GenerateConfig(**{**asdict(self), "budget": budget, "max_attempts": max_attempts,
-                                 "tasks": sorted(set(self.tasks)), "policy_revision": policy_revision(self.policy)})
+                                 "tasks": sorted(set(self.tasks)), "policy_revision": policy_revision(self.policy),
+                                 "policy_args": policy_args})
 
 
 def _attempt_sequence(seed: int, suite: str, task_id: int, attempt: int) -> np.random.SeedSequence:
@@ -331,7 +345,10 @@ def run_attempt(job: dict) -> dict:
     from clad_lite.sim import settle
 
     start = time.perf_counter()
-    env = _get_env(job["suite"], job["task_id"], False, 128, False)
+    factory = resolve_policy(job["policy"])
+    # physics only, unless the policy reads the cameras (a learned one: clad_lite.expert.dagger)
+    renders = bool(getattr(factory, "reads_cameras", False))
+    env = _get_env(job["suite"], job["task_id"], renders, job.get("image_size", 128) if renders else 128, False)
     env_seed, rng = attempt_seeds(job["seed"], job["suite"], job["task_id"], job["attempt"])
     env.reset(seed=env_seed)
     obs = settle(env)
@@ -347,7 +364,7 @@ def run_attempt(job: dict) -> dict:
     success_hold = int(job.get("success_hold", _FINGERPRINT_DEFAULTS["success_hold"]))
     sim_start, cpu_start = time.perf_counter(), time.process_time()
     try:  # a policy that crashes on one placement costs that attempt, not the run
-        policy = resolve_policy(job["policy"])(env, rng)
+        policy = factory(env, rng, **job.get("policy_args", {}))
         for _ in range(job["budget"]):
             state, proprio = env.get_sim_state().copy(), _proprio(env, obs)
             action = np.asarray(policy.act(obs), dtype=np.float64).reshape(-1)
@@ -355,6 +372,8 @@ def run_attempt(job: dict) -> dict:
                 raise ValueError(f"policy {job['policy']} returned a bad action {action!r}")
             action = np.clip(action, -1.0, 1.0)
             if not getattr(policy, "recording", True):  # e.g. a recovery expert's fumble: run, never a label
+                if getattr(policy, "done", False):  # done before recording anything: no demonstration
+                    break
                 unrecorded += 1
                 obs, _, _, _ = env.step(noise(action))
                 continue
@@ -697,6 +716,7 @@ def _pass1(cfg: GenerateConfig, tasks, executor) -> dict[int, Path]:
                            "policy": cfg.policy, "budget": cfg.budget, "keep_failures": cfg.keep_failures,
                            "done_grace": cfg.done_grace, "action_noise": cfg.action_noise,
                            "action_noise_hold": cfg.action_noise_hold, "success_hold": cfg.success_hold,
+                           "policy_args": cfg.policy_args, "image_size": cfg.image_size,
                            "parts": str(parts_dir(cfg.out, task_id))}
                     futures[executor.submit(run_attempt, job)] = (task_id, attempt)
             for task_id, state in states.items():
@@ -927,6 +947,19 @@ def parse_tasks(text: str) -> list[int]:
     return sorted(set(ids))
 
 
+def parse_policy_args(pairs: list[str]) -> dict[str, str]:
+    """``["checkpoint=runs/a/policy", "handover=30-300"]`` -> ``{"checkpoint": ..., "handover": ...}``."""
+    args: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_]\w*", key.strip()):
+            raise UserError(f"--policy-arg must look like key=value, got {pair!r}")
+        if key.strip() in args:
+            raise UserError(f"--policy-arg {key.strip()} given twice")
+        args[key.strip()] = value.strip()
+    return args
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "generate", help="generate scripted LIBERO demonstrations (HDF5, official layout)",
@@ -957,6 +990,9 @@ def register(subparsers) -> None:
                         help="keep the expert acting until success has held this many more steps in a row "
                              "(robosuite's collectors: 10; default 0 = stop at the first success)")
     parser.add_argument("--policy", default=DEFAULT_POLICY, help=f"module:factory (default {DEFAULT_POLICY})")
+    parser.add_argument("--policy-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="a keyword argument of the policy factory, repeatable (e.g. checkpoint=RUN/policy for "
+                             "clad_lite.expert:make_dagger_expert)")
     parser.add_argument("--keep-failures", action="store_true",
                         help="also keep unsuccessful episodes (for testing the machinery with a stand-in policy)")
     parser.add_argument("--kind", default="demo",
@@ -975,7 +1011,7 @@ def _main(args) -> int:
         budget=args.budget, max_attempts=args.max_attempts, done_grace=args.done_grace,
         action_noise=args.action_noise, action_noise_hold=args.action_noise_hold,
         success_hold=args.success_hold, multisample=args.multisample, kind=args.kind,
-        progress=not args.no_progress)
+        policy_args=parse_policy_args(args.policy_arg), progress=not args.no_progress)
     summary = generate(cfg)
     print(format_table(summary))
     print(f"summary: {Path(cfg.out) / 'summary.json'}")
