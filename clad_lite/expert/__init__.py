@@ -85,6 +85,9 @@ def make_recovery_expert(env, rng: np.random.Generator):
 
 make_recovery_expert.revision = 1
 
+# on-policy recovery data: a trained policy drives, the expert takes over (``dagger``); imported
+# after make_expert, which it calls, and cheap (torch loads only when a checkpoint does)
+from .dagger import make_dagger_expert  # noqa: E402
 
-__all__ = ["SUPPORTED", "ScriptedExpert", "UnsupportedTaskError", "make_expert", "make_feedback_expert",
-           "make_recovery_expert"]
+__all__ = ["SUPPORTED", "ScriptedExpert", "UnsupportedTaskError", "make_dagger_expert", "make_expert",
+           "make_feedback_expert", "make_recovery_expert"]
