@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -99,6 +100,12 @@ class DataConfig:
     policies do, and only how it recovers is recorded. Generated into ``<data>/recovery`` by the
     pipeline and added to both training stages' windows (the encoder trains on the clean demos
     only). 0 = none.
+
+    ``dagger_demos``: on-policy recovery demonstrations per task (not the paper; DAgger with
+    hand-overs, clad_lite.expert.dagger): the stage-2 policy of ``dagger_policy`` (a run folder or
+    checkpoint) drives from a random placement until a random step in ``dagger_handover``, then
+    the scripted expert finishes and only its steps are recorded. Generated into ``<data>/dagger``
+    and read like the recovery set. 0 = none.
     """
 
     suite: str = "libero_10"
@@ -113,6 +120,9 @@ class DataConfig:
     success_hold: int = 0
     expert_motion: str = "min_jerk"
     recovery_demos: int = 0
+    dagger_demos: int = 0
+    dagger_policy: str = ""
+    dagger_handover: str = "20-400"
     root: str = "data"
     workers: int = 2
     seed: int = 0
@@ -142,6 +152,14 @@ class DataConfig:
                f"data.vision_source must be one of {VISION_SOURCES}, got {self.vision_source!r}")
         _check(not (self.recovery_demos and self.vision_source != "encoder"),
                "data.recovery_demos needs data.vision_source=encoder (the state oracle does not read them)")
+        _check(isinstance(self.dagger_demos, int) and self.dagger_demos >= 0,
+               f"data.dagger_demos must be an integer >= 0, got {self.dagger_demos!r}")
+        _check(not (self.dagger_demos and not self.dagger_policy),
+               "data.dagger_demos needs data.dagger_policy, the stage-2 run (folder or checkpoint) that drives")
+        _check(not (self.dagger_demos and self.vision_source != "encoder"),
+               "data.dagger_demos needs data.vision_source=encoder (the state oracle does not read them)")
+        _check(bool(re.fullmatch(r"\d+(-\d+)?", str(self.dagger_handover))),
+               f"data.dagger_handover must look like 20-400 (policy steps), got {self.dagger_handover!r}")
 
     @property
     def expert_policy(self) -> str:

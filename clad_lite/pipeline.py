@@ -24,7 +24,10 @@ Six steps for ``libero_10``, each skipped when its output is already there *and 
 
 ``--set data.recovery_demos=N`` (not the paper) adds a step after *data*: N recovery
 demonstrations per task in ``DATA/recovery`` (``clad_lite.expert.recovery``: the expert fumbles
-one grasp, only its recovery is recorded), embedded into their own cache and read by both
+one grasp, only its recovery is recorded); ``--set data.dagger_demos=N --set
+data.dagger_policy=RUN/policy`` one more: N on-policy ones in ``DATA/dagger``
+(``clad_lite.expert.dagger``: RUN's policy drives, the expert takes over at a random step, only
+the expert is recorded). Each set is embedded into its own cache and read by both
 training stages; the encoder keeps training on the clean demonstrations only.
 
 ``--baseline`` adds the policy-only baseline (``policy.foresight=none``) with the same data and
@@ -85,10 +88,14 @@ from clad_lite.cli import UserError
 SUITE = "libero_10"
 STAMP_DIR = ".pipeline"
 ENCODER_NAME = "encoder.pt"
-# data.recovery_demos: who makes them, how their files are named, and their seed's offset from data.seed
+# the extra sets (train.EXTRA_SETS, DATA/<folder>): who makes them and their seed's offset from data.seed,
+# so that their scenes are not the clean demonstrations'; files <task>_<folder>.hdf5
 RECOVERY_POLICY = "clad_lite.expert:make_recovery_expert"
-RECOVERY_KIND = "recovery"
-RECOVERY_SEED_OFFSET = 1
+DAGGER_POLICY = "clad_lite.expert:make_dagger_expert"
+EXTRA_SEED_OFFSETS = {"recovery": 1, "dagger": 2}
+# generate's step budget for an on-policy set: up to 400 policy steps before the hand-over, then the
+# expert's whole remaining plan (the suite's 505 would cut late hand-overs short)
+DAGGER_BUDGET = 900
 RESULTS_NAME = "results.json"
 REPORT_NAME = "pipeline.json"
 BASELINE_OVERRIDES = ("policy.foresight=none",)
@@ -100,7 +107,7 @@ _NOT_CONTENT = {"data": ("workers",), "encoder": ("threads", "save_every", "log_
 # are left out of the fingerprint (older stamps, which lack them, still match)
 _OMIT_AT = {"stage1": {"ema_decay": 0.0}, "stage2": {"ema_decay": 0.0},
             "data": {"vision_source": "encoder", "action_noise": 0.0, "success_hold": 0, "expert_motion": "min_jerk",
-                     "recovery_demos": 0},
+                     "recovery_demos": 0, "dagger_demos": 0, "dagger_policy": "", "dagger_handover": "20-400"},
             "eval": {"action_samples": 1}}
 
 
@@ -231,6 +238,11 @@ class Pipeline:
         # the default hangs off the project folder, so notebooks (run from notebooks/) share it
         self.out = Path(out) if out is not None else Path(project_root()) / "runs" / f"pipeline_{self.profile.name}"
         self.data_dir = Path(data_dir if data_dir is not None else self.profile.data.path)
+        driver = Path(self.profile.data.dagger_policy)
+        if self.profile.data.dagger_demos and driver.resolve().is_relative_to(self.out.resolve()):
+            raise UserError(f"data.dagger_policy {driver} lies in this pipeline's OUT {self.out}, whose training "
+                            "would rewrite the policy its on-policy demonstrations came from: point it at another "
+                            "run's policy (e.g. runs/<previous OUT>/policy)")
         self.threads = threads
         self.progress, self.verbose = progress, verbose
         self.train_workers, self.eval_workers = train_workers, eval_workers
@@ -247,8 +259,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------ bookkeeping
     def _steps_planned(self, baseline: bool = False) -> int:
-        """Steps a run announces: the six, the recovery set's, and the baseline's stage 2 and eval."""
-        return len(self.STEPS) + (1 if self.profile.data.recovery_demos else 0) + (2 if baseline else 0)
+        """Steps a run announces: the six, one per extra set, and the baseline's stage 2 and eval."""
+        return len(self.STEPS) + len(self.extra_sets) + (2 if baseline else 0)
 
     @staticmethod
     def _set_threads(threads: int) -> None:
@@ -301,37 +313,42 @@ class Pipeline:
         return "match" if _normal(stamp.get("inputs")) == _normal(inputs) else "stale"
 
     # ------------------------------------------------------------------ 1. data
-    def data_fingerprint(self, recovery: bool = False) -> list[dict]:
-        """The demonstration files (name, size, mtime); with ``recovery`` also the recovery set's
-        (``data.recovery_demos`` > 0), which the training stages read but the encoder does not."""
+    def data_fingerprint(self, extras: bool = False) -> list[dict]:
+        """The demonstration files (name, size, mtime); with ``extras`` also the extra sets' (recovery,
+        dagger), which the training stages read but the encoder does not."""
         from clad_lite.demos import hdf5 as H
 
-        folders = [self.data_dir] + ([self.recovery_dir] if recovery and self.profile.data.recovery_demos else [])
+        folders = [self.data_dir] + ([self.data_dir / name for name in self.extra_sets] if extras else [])
         return [{"name": p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
                 for p in H.find_demo_files(folders)]
 
     @property
-    def recovery_dir(self) -> Path:
-        """Where the recovery demonstrations live (``data.recovery_demos``): ``DATA/recovery``."""
-        from clad_lite.train import RECOVERY_FOLDER
+    def extra_sets(self) -> list[str]:
+        """The extra demonstration sets the profile asks for (``DATA/<name>``; ``train.EXTRA_SETS``)."""
+        from clad_lite.train import extra_sets
 
-        return self.data_dir / RECOVERY_FOLDER
+        return extra_sets(self.profile.data)
 
-    def _data_set(self, recovery: bool = False) -> dict:
-        """What ``generate`` makes for the profile's demonstrations, or with ``recovery`` their recovery
-        set: ``{"out", "demos", "policy", "seed", "kind"}`` (what :meth:`_data_complete` checks)."""
+    def _data_set(self, extra: str | None = None) -> dict:
+        """What ``generate`` makes for the profile's demonstrations, or for the extra set ``extra``
+        ("recovery", "dagger"): ``GenerateConfig`` fields (what :meth:`_data_complete` checks)."""
         d = self.profile.data
-        if recovery:
-            return {"out": self.recovery_dir, "demos": d.recovery_demos, "policy": RECOVERY_POLICY,
-                    "seed": d.seed + RECOVERY_SEED_OFFSET, "kind": RECOVERY_KIND}
+        if extra is not None:
+            if extra not in EXTRA_SEED_OFFSETS:
+                raise ValueError(f"unknown extra demonstration set {extra!r}; expected one of {tuple(EXTRA_SEED_OFFSETS)}")
+            data_set = {"out": self.data_dir / extra, "seed": d.seed + EXTRA_SEED_OFFSETS[extra], "kind": extra}
+            if extra == "recovery":
+                return {**data_set, "demos": d.recovery_demos, "policy": RECOVERY_POLICY}
+            return {**data_set, "demos": d.dagger_demos, "policy": DAGGER_POLICY, "budget": DAGGER_BUDGET,
+                    "policy_args": {"checkpoint": d.dagger_policy, "handover": d.dagger_handover}}
         return {"out": self.data_dir, "demos": d.demos_per_task, "policy": d.expert_policy, "seed": d.seed,
                 "kind": "demo"}
 
-    def _data_complete(self, recovery: bool = False) -> tuple[bool, str]:
-        """Whether ``generate``'s ``summary.json`` says the profile's data set (or, with ``recovery``,
-        its recovery set) is all there."""
+    def _data_complete(self, extra: str | None = None) -> tuple[bool, str]:
+        """Whether ``generate``'s ``summary.json`` says the profile's data set (or its extra set
+        ``extra``) is all there."""
         d = self.profile.data
-        wanted_set = self._data_set(recovery)
+        wanted_set = self._data_set(extra)
         data_dir, demos_per_task = wanted_set["out"], wanted_set["demos"]
         policy, seed = wanted_set["policy"], wanted_set["seed"]
         summary = _read_json(data_dir / "summary.json")
@@ -357,6 +374,12 @@ class Pipeline:
         made, wanted = config.get("policy_revision", _FINGERPRINT_DEFAULTS["policy_revision"]), policy_revision(policy)
         if made != wanted:
             return False, f"demonstrations made by revision {made} of {policy}, it is now at revision {wanted}"
+        if "policy_args" in wanted_set:  # e.g. the driving checkpoint (its sha256) of an on-policy set
+            from clad_lite.demos.generate import resolve_policy
+
+            wanted_args = resolve_policy(policy).canonical_args(wanted_set["policy_args"])
+            if config.get("policy_args", {}) != wanted_args:
+                return False, f"demonstrations made with {config.get('policy_args')}, the profile wants {wanted_args}"
         if config.get("image_stride", 1) != d.image_stride and not self.oracle:  # the oracle reads no image
             return False, f"images rendered with stride {config.get('image_stride', 1)}, the profile wants {d.image_stride}"
         rows = {row["task_id"]: row for row in summary.get("tasks", [])}
@@ -376,45 +399,47 @@ class Pipeline:
         return True, f"{sum(rows[t]['demos'] for t in d.tasks)} demos of {len(d.tasks)} tasks"
 
     def data(self) -> Path:
-        """Demonstrations of the profile's tasks (``generate``, resumed where it stopped), and their
-        recovery set when ``data.recovery_demos`` > 0 (:meth:`recovery_data`)."""
+        """Demonstrations of the profile's tasks (``generate``, resumed where it stopped), and each
+        extra set the profile asks for (:meth:`extra_data`)."""
         if "data" not in self._memo:
             self._demonstrations()
-            if self.profile.data.recovery_demos:
-                self.recovery_data()
+            for name in self.extra_sets:
+                self.extra_data(name)
         return self._memo["data"]
 
-    def recovery_data(self) -> Path:
-        """``data.recovery_demos`` recovery demonstrations per task in ``DATA/recovery``
-        (``clad_lite.expert.recovery``, not the paper): the expert fumbles one grasp, and only its
-        recovery is recorded. Their own seed (``data.seed`` + 1), so their scenes are not the clean
-        demonstrations' scenes; files ``<task>_recovery.hdf5``."""
+    def extra_data(self, name: str) -> Path:
+        """An extra set in ``DATA/<name>`` (not the paper), files ``<task>_<name>.hdf5``, with its own
+        seed (``data.seed`` + ``EXTRA_SEED_OFFSETS[name]``): ``"recovery"``, ``data.recovery_demos``
+        per task (``clad_lite.expert.recovery``: the expert fumbles one grasp, only its recovery is
+        recorded), or ``"dagger"``, ``data.dagger_demos`` per task (``clad_lite.expert.dagger``: the
+        policy of ``data.dagger_policy`` drives, the expert takes over, only the expert is recorded)."""
         start = time.perf_counter()
-        d = self.profile.data
-        complete, why = self._data_complete(recovery=True)
+        data_set = self._data_set(name)
+        out = data_set["out"]
+        complete, why = self._data_complete(name)
         if complete:
-            self._record("recovery", "reused", start, self.recovery_dir, why)
-            return self.recovery_dir
-        self._announce("recovery", f"generating {d.recovery_demos} recovery demos x tasks {list(d.tasks)} "
-                                   f"into {self.recovery_dir}")
-        summary = self._generate(recovery=True)
-        self._record("recovery", "done", start, self.recovery_dir,
-                     f"{summary['total_demos']} recovery demos generated in {_seconds(time.perf_counter() - start)}")
-        return self.recovery_dir
+            self._record(name, "reused", start, out, why)
+            return out
+        self._announce(name, f"generating {data_set['demos']} {name} demos x tasks {list(self.profile.data.tasks)} "
+                             f"into {out}")
+        summary = self._generate(name)
+        self._record(name, "done", start, out,
+                     f"{summary['total_demos']} {name} demos generated in {_seconds(time.perf_counter() - start)}")
+        return out
 
-    def _generate(self, recovery: bool = False) -> dict:
-        """``generate`` the profile's demonstrations (or their recovery set), resumed where it stopped;
+    def _generate(self, extra: str | None = None) -> dict:
+        """``generate`` the profile's demonstrations (or an extra set), resumed where it stopped;
         a task without any kept demonstration is an error, fewer than asked a warning."""
         from clad_lite.demos.generate import GenerateConfig, generate
 
         d = self.profile.data
-        data_set = self._data_set(recovery)
+        data_set = self._data_set(extra)
         out = data_set["out"]
         summary = generate(GenerateConfig(
             suite=d.suite, tasks=list(d.tasks), workers=d.workers, image_size=d.image_size,
             image_stride=d.image_stride, render=not self.oracle, action_noise=d.action_noise,
             success_hold=d.success_hold, progress=self.progress, **{**data_set, "out": str(out)}))
-        what = "recovery demonstration" if recovery else "demonstration"
+        what = f"{extra} demonstration" if extra else "demonstration"
         empty = [r["task_id"] for r in summary["tasks"] if r["demos"] == 0]
         if empty:
             raise UserError(f"generate kept no {what} of task(s) {empty} (see {out}/summary.json)")
@@ -552,8 +577,8 @@ class Pipeline:
             self._announce("embeddings", f"embedding every frame with encoder {encoder_hash[:16]}")
         # embed_directory reuses every file whose encoder hash and data fingerprint match
         report = embed_directory(data_dir, encoder, cameras=tuple(self.profile.data.cameras), progress=self.progress)
-        if self.profile.data.recovery_demos:  # its own cache, DATA/recovery/embeddings/<hash> (train.load_training_data)
-            extra = embed_directory(self.recovery_dir, encoder, cameras=tuple(self.profile.data.cameras),
+        for name in self.extra_sets:  # each its own cache, DATA/<name>/embeddings/<hash> (train.load_training_data)
+            extra = embed_directory(self.data_dir / name, encoder, cameras=tuple(self.profile.data.cameras),
                                     progress=self.progress)
             report = {**report, "computed": report["computed"] + extra["computed"],
                       "reused": report["reused"] + extra["reused"]}
@@ -581,7 +606,7 @@ class Pipeline:
         data_dir = self.data()
         sections = ("data", "encoder", "clad", "stage1") if stage == 1 else ("data", "encoder", "policy", "stage2")
         inputs = {"stage": stage, **{s: _section(profile, s) for s in sections},
-                  "data_files": self.data_fingerprint(recovery=True), "encoder_hash": self.encoder_hash()}
+                  "data_files": self.data_fingerprint(extras=True), "encoder_hash": self.encoder_hash()}
         if clad_dir is not None:
             _, clad_ckpt = _final_checkpoint(clad_dir)
             inputs["clad_checkpoint"] = _file_identity(clad_ckpt)

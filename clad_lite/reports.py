@@ -202,6 +202,8 @@ def _run_settings(results: dict) -> dict:
             "demos_per_task": data.get("demos_per_task", 50),
             # recovery demonstrations per task added to training (data.recovery_demos; not the paper)
             "recovery_demos": int(data.get("recovery_demos", 0)),
+            # on-policy recovery demonstrations per task (data.dagger_demos; not the paper)
+            "dagger_demos": int(data.get("dagger_demos", 0)),
             "steps": stage2.get("steps"), "batch": stage2.get("batch_size"),
             "ema_decay": stage2.get("ema_decay", 0.0),
             # evaluations written before weights were recorded used the raw weights
@@ -238,7 +240,8 @@ def _vision_label(settings: dict) -> str:
     label = source if stride is None else f"{source} (every {'step' if stride == 1 else f'{stride}th step'})"
     label += f", {settings['expert_motion']}-expert demos" if settings["expert_motion"] != "min_jerk" else ""
     label += f", {settings['demos_per_task']} demos/task" if settings["demos_per_task"] != 50 else ""
-    return label + (f", + {settings['recovery_demos']} recovery demos/task" if settings["recovery_demos"] else "")
+    label += f", + {settings['recovery_demos']} recovery demos/task" if settings["recovery_demos"] else ""
+    return label + (f", + {settings['dagger_demos']} on-policy (DAgger) demos/task" if settings["dagger_demos"] else "")
 
 
 def runs_table(runs: dict, profile_name: str) -> str:

@@ -182,8 +182,17 @@ class TrainingData:
     extra: dict = field(default_factory=dict)  # more of what a run must remember of its data (run.json "data")
 
 
-# data.recovery_demos > 0: the recovery demonstrations' folder inside the data folder (own files, own cache)
+# extra demonstration sets inside the data folder (own files, own cache; not the paper), read by both
+# training stages when their count is > 0: data.recovery_demos (clad_lite.expert.recovery) and
+# data.dagger_demos (clad_lite.expert.dagger)
 RECOVERY_FOLDER = "recovery"
+DAGGER_FOLDER = "dagger"
+EXTRA_SETS = {RECOVERY_FOLDER: "recovery_demos", DAGGER_FOLDER: "dagger_demos"}  # folder -> DataConfig count
+
+
+def extra_sets(data_config) -> list[str]:
+    """The extra sets (folder names, ``EXTRA_SETS``) a data configuration asks for, in a fixed order."""
+    return [folder for folder, count in EXTRA_SETS.items() if getattr(data_config, count)]
 
 
 def find_cache_dir(data_dir: Path, embed_dim: int, cameras) -> Path:
@@ -229,19 +238,20 @@ def load_training_data(profile, data_dir=None, cache_dir=None) -> TrainingData:
     cache_dir = Path(cache_dir) if cache_dir is not None else find_cache_dir(data_dir, profile.encoder.embed_dim, cameras)
     files, arrays, encoder_hash, text = _cached_embeddings(profile, data_dir, cache_dir)
     extra = {}
-    if profile.data.recovery_demos:  # the recovery set (clad_lite.expert.recovery), embedded by the same encoder
-        recovery_dir = data_dir / RECOVERY_FOLDER
-        if not recovery_dir.is_dir():
-            raise UserError(f"data.recovery_demos = {profile.data.recovery_demos}, but {recovery_dir} does not exist: "
+    for folder in extra_sets(profile.data):  # recovery / dagger sets, embedded by the same encoder
+        count = EXTRA_SETS[folder]
+        set_dir = data_dir / folder
+        if not set_dir.is_dir():
+            raise UserError(f"data.{count} = {getattr(profile.data, count)}, but {set_dir} does not exist: "
                             "run python -m clad_lite pipeline with the same --set to generate and embed it")
-        recovery_cache = find_cache_dir(recovery_dir, profile.encoder.embed_dim, cameras)
-        more_files, more_arrays, recovery_hash, _ = _cached_embeddings(profile, recovery_dir, recovery_cache)
-        if recovery_hash != encoder_hash:
-            raise UserError(f"{recovery_cache} was embedded by encoder {recovery_hash[:16]}, {cache_dir} by "
-                            f"{encoder_hash[:16]}: embed {recovery_dir} with the same encoder")
+        set_cache = find_cache_dir(set_dir, profile.encoder.embed_dim, cameras)
+        more_files, more_arrays, set_hash, _ = _cached_embeddings(profile, set_dir, set_cache)
+        if set_hash != encoder_hash:
+            raise UserError(f"{set_cache} was embedded by encoder {set_hash[:16]}, {cache_dir} by "
+                            f"{encoder_hash[:16]}: embed {set_dir} with the same encoder")
         files, arrays = files + more_files, {**arrays, **more_arrays}
-        extra = {"recovery_dir": str(recovery_dir), "recovery_cache_dir": str(recovery_cache),
-                 "recovery_files": len(more_files)}
+        extra.update({f"{folder}_dir": str(set_dir), f"{folder}_cache_dir": str(set_cache),
+                      f"{folder}_files": len(more_files)})
     try:
         dataset = WindowDataset(files, tau=profile.clad.horizon, proprio=profile.data.proprio, cameras=cameras,
                                 embeddings=ArrayEmbeddings(arrays), text_embeddings=text,

@@ -49,6 +49,13 @@ def test_sections_validate_values():
     with pytest.raises(ConfigError, match="data.recovery_demos needs data.vision_source=encoder"):
         DataConfig(recovery_demos=5, vision_source="sim_state")
     assert DataConfig(recovery_demos=5).recovery_demos == 5
+    with pytest.raises(ConfigError, match="data.dagger_demos needs data.dagger_policy"):
+        DataConfig(dagger_demos=5)
+    with pytest.raises(ConfigError, match="data.dagger_demos needs data.vision_source=encoder"):
+        DataConfig(dagger_demos=5, dagger_policy="runs/a/policy", vision_source="sim_state")
+    with pytest.raises(ConfigError, match="data.dagger_handover must look like 20-400"):
+        DataConfig(dagger_handover="soon")
+    assert DataConfig(dagger_demos=5, dagger_policy="runs/a/policy", dagger_handover="10-50").dagger_demos == 5
 
 
 def test_expert_motions_name_the_expert_factories():

@@ -333,3 +333,39 @@ def test_recovery_demos_are_generated_embedded_and_trained_on(first_run, one_thr
     back = new_pipeline(root)
     back.stage1()
     assert statuses(back.steps)["stage1:clad"] == "redone (stale)"
+
+
+def test_dagger_demos_are_driven_by_another_runs_policy(first_run, one_thread):
+    """``data.dagger_demos`` + ``data.dagger_policy``: a trained run's policy drives, the expert takes
+    over (``clad_lite.expert.dagger``); the expert's part goes to DATA/dagger (own files and cache), the
+    hand-over range and the driving checkpoint are the set's fingerprint; both stages read it. The
+    driver must not be a run this pipeline trains (it would change under its own data)."""
+    from clad_lite.demos import hdf5 as H
+
+    root = first_run[0]
+    driver = root / "run" / "policy"
+    settings = overrides(root) + ["data.dagger_demos=1", f"data.dagger_policy={driver}", "data.dagger_handover=3-6"]
+    with pytest.raises(UserError, match="another run's policy"):
+        Pipeline("ci", out=root / "run", overrides=settings, threads=1, progress=False)
+    out = root / "dagger_run"
+    out.mkdir()
+    shutil.copy2(root / "run" / "encoder.pt", out / "encoder.pt")  # the same encoder, as a reused step
+    pipe = Pipeline("ci", out=out, overrides=settings, threads=1, progress=False)
+    pipe.stage1()
+    got = statuses(pipe.steps)
+    assert got["data"] == "reused" and got["dagger"] == "done" and got["encoder"] == "reused", got
+    dagger_dir = root / "data" / "libero_10" / "dagger"
+    (path,) = H.find_demo_files([dagger_dir])
+    assert path.name.endswith("_dagger.hdf5")
+    config = json.loads((dagger_dir / "summary.json").read_text())["config"]
+    assert (config["policy"], config["seed"], config["budget"]) == ("clad_lite.expert:make_dagger_expert", 2, 900)
+    assert config["policy_args"]["checkpoint"] == str((driver / "last.pt").resolve())
+    assert config["policy_args"]["handover"] == "3-6"
+    with H.DemoFile(path) as demo_file:
+        (demo,) = demo_file.demos
+        assert 3 <= demo_file.group(demo).attrs["unrecorded_steps"] <= 6  # the expert's part only
+    data = json.loads((out / "clad" / "run.json").read_text())["data"]
+    assert data["dagger_files"] == 1 and data["dagger_dir"] == str(dagger_dir), data
+    again = Pipeline("ci", out=out, overrides=settings, threads=1, progress=False)
+    again.stage1()
+    assert set(statuses(again.steps).values()) == {"reused"}, statuses(again.steps)

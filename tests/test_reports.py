@@ -83,7 +83,7 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     write("_stage2_40k_x0", (7, 4), "both", 40_000, samples=8, prediction="sample")
     write("_stage2_40k_x0_past", (3, 4), "both", 40_000, prediction="sample", past_actions=True, latch=0.5)
     write("_stage2_40k_x0_fb", (6, 4), "both", 40_000, prediction="sample",
-          data={"expert_motion": "feedback", "demos_per_task": 100, "recovery_demos": 25})
+          data={"expert_motion": "feedback", "demos_per_task": 100, "recovery_demos": 25, "dagger_demos": 10})
     write("_stage2_40k_x0_q3", (2, 4), "both", 40_000, prediction="sample", query_every=3)
     write("_stage2_40k_x0_q6", (2, 5), "both", 40_000, prediction="sample", query_every=6,  # = tau: not shown
           ensemble=True)
@@ -109,7 +109,7 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     assert "`stage2_40k_ema` | CLaD | paper (16-D) | encoder | 40K x 64 | EMA 0.999 | 1 draw | 40.0%" in lines[6] and "| 5,3 |" in lines[6]
     assert "`stage2_40k_mean8` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | mean of 8 draws | 50.0%" in lines[7]
     assert "`stage2_40k_x0` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, mean of 8 draws | 55.0%" in lines[8]
-    assert "`stage2_40k_x0_fb` | CLaD | paper (16-D) | encoder, feedback-expert demos, 100 demos/task, + 25 recovery demos/task | 40K x 64 | raw | x0-pred, 1 draw | 50.0%" in lines[9]
+    assert "`stage2_40k_x0_fb` | CLaD | paper (16-D) | encoder, feedback-expert demos, 100 demos/task, + 25 recovery demos/task, + 10 on-policy (DAgger) demos/task | 40K x 64 | raw | x0-pred, 1 draw | 50.0%" in lines[9]
     assert "`stage2_40k_x0_film` | CLaD, FiLM per block, chunk 12 (first 6 executed) | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 50.0%" in lines[10]
     assert "`stage2_40k_x0_noise` | CLaD, obs. noise 0.1 | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 45.0%" in lines[11]
     assert "`stage2_40k_x0_noise_drop` | CLaD, obs. noise 0.1, dropout 0.1, stage-2 seed 1 | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 40.0%" in lines[12]
