@@ -68,6 +68,7 @@ def test_policy_drives_until_the_handover_then_the_expert_is_recorded(tmp_path, 
     assert summary["config"]["policy_args"]["handover"] == "4-8"
     attempts = [json.loads(p.read_text()) for p in sorted(G.parts_dir(out, TASK).glob("attempt_*.json"))]
     kept = [a for a in attempts if a["kept"]][0]
+    assert row["ended_before_recording"] == sum(a["ended_before_recording"] for a in attempts)
     # the hand-over step is the attempt's own draw (the first child of its policy RNG)
     _, rng = G.attempt_seeds(cfg.seed, cfg.suite, TASK, kept["attempt"])
     handover = int(rng.spawn(2)[0].integers(4, 9))

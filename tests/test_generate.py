@@ -577,6 +577,7 @@ def test_run_attempt_leaves_no_demo_when_the_policy_is_done_before_recording(mon
            "keep_failures": True, "done_grace": 0, "parts": str(tmp_path)}
     record = G.run_attempt(job)
     assert (record["kept"], record["length"], record["unrecorded_steps"]) == (False, 0, 3)
+    assert record["ended_before_recording"] and not record["success"]
     assert not (tmp_path / "attempt_00003.h5").exists()
 
 

@@ -360,6 +360,7 @@ def run_attempt(job: dict) -> dict:
     error = None
     after_done = 0
     unrecorded = 0  # steps executed before the policy's ``recording`` turned on
+    ended_unrecorded = False  # the policy was done before it recorded a step (e.g. a learned driver solved the task)
     success_streak = 0  # consecutive steps after which check_success() held
     success_hold = int(job.get("success_hold", _FINGERPRINT_DEFAULTS["success_hold"]))
     sim_start, cpu_start = time.perf_counter(), time.process_time()
@@ -373,6 +374,7 @@ def run_attempt(job: dict) -> dict:
             action = np.clip(action, -1.0, 1.0)
             if not getattr(policy, "recording", True):  # e.g. a recovery expert's fumble: run, never a label
                 if getattr(policy, "done", False):  # done before recording anything: no demonstration
+                    ended_unrecorded = True
                     break
                 unrecorded += 1
                 obs, _, _, _ = env.step(noise(action))
@@ -398,6 +400,7 @@ def run_attempt(job: dict) -> dict:
     kept = bool(success or job["keep_failures"]) and T > 0 and error is None
     record = {"task_id": job["task_id"], "attempt": job["attempt"], "env_seed": env_seed, "error": error,
               "success": bool(success), "kept": kept, "length": T, "unrecorded_steps": unrecorded,
+              "ended_before_recording": ended_unrecorded,
               "sim_seconds": sim_seconds,
               "sim_cpu_seconds": sim_cpu_seconds,
               "seconds": time.perf_counter() - start}
@@ -853,6 +856,8 @@ def summarize(cfg: GenerateConfig, tasks, wall_seconds: float) -> dict:
             "task_id": task.task_id, "name": task.name, "instruction": task.instruction, "file": path.name,
             "attempts": len(attempts), "successes": sum(a["success"] for a in attempts),
             "errors": sum(bool(a.get("error")) for a in attempts),
+            # attempts whose policy was done before recording (clad_lite.expert.dagger: solved by the learned driver)
+            "ended_before_recording": sum(bool(a.get("ended_before_recording")) for a in attempts),
             "first_error": next((a["error"] for a in attempts if a.get("error")), None),
             "success_rate": (sum(a["success"] for a in attempts) / len(attempts)) if attempts else None,
             "demos": len(lengths), "demos_requested": cfg.demos,
