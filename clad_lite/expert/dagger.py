@@ -30,12 +30,12 @@ the run's ``data.image_size``; a longer ``--budget`` than the suite's leaves roo
 
 from __future__ import annotations
 
-
 import numpy as np
 
 # the hand-over step's range (policy steps after settling), drawn per attempt: the lite policies
 # make their first grasp 40-120 steps in and run out of the 520-step budget when they fail
 HANDOVER = (20, 400)
+HANDOVER_TEXT = f"{HANDOVER[0]}-{HANDOVER[1]}"  # as --policy-arg handover= and data.dagger_handover spell it
 
 _AGENTS: dict[str, object] = {}  # this process's loaded policy (one checkpoint at a time)
 
@@ -64,9 +64,8 @@ def agent_for(checkpoint: str, sha256: str | None = None):
     if checkpoint not in _AGENTS:
         import torch
 
-        from clad_lite.evaluate import Agent, load_run
-
         from clad_lite.encoders.base import file_sha256
+        from clad_lite.evaluate import Agent, load_run
 
         if sha256 is not None and file_sha256(checkpoint) != sha256:
             from clad_lite.cli import UserError
@@ -129,7 +128,7 @@ class PolicyThenExpert:
         return np.asarray(env_action, dtype=np.float64)
 
 
-def make_dagger_expert(env, rng: np.random.Generator, checkpoint: str, handover: str = "20-400",
+def make_dagger_expert(env, rng: np.random.Generator, checkpoint: str, handover: str = HANDOVER_TEXT,
                        checkpoint_sha256: str | None = None) -> PolicyThenExpert:
     """``generate --policy clad_lite.expert:make_dagger_expert --policy-arg checkpoint=RUN``: the
     run's policy drives until a random hand-over step, the scripted expert finishes (recorded)."""
@@ -149,7 +148,7 @@ def canonical_args(args: dict) -> dict:
         raise UserError(f"make_dagger_expert takes --policy-arg checkpoint=RUN (required) and handover=LO-HI; "
                         f"got {sorted(args)}")
     run = load_run(args["checkpoint"], need_encoder=True)  # a readable stage-2 run whose encoder exists
-    lo, hi = parse_handover(args.get("handover", f"{HANDOVER[0]}-{HANDOVER[1]}"))
+    lo, hi = parse_handover(args.get("handover", HANDOVER_TEXT))
     return {"checkpoint": run["checkpoint"], "handover": f"{lo}-{hi}",
             "checkpoint_sha256": file_sha256(run["checkpoint"])}
 
