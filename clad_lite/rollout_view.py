@@ -35,6 +35,7 @@ import numpy as np
 PROPRIO_NAMES = {  # the normalised proprio layouts of clad_lite.demos.windows.PROPRIO_MODES
     "paper": [f"joint {i}" for i in range(7)] + ["gripper 0", "gripper 1"] + [f"joint vel {i}" for i in range(7)],
     "authors_code": ["gripper 0", "gripper 1", "eef x", "eef y", "eef z", "quat x", "quat y", "quat z", "quat w"],
+    "no_joint_vel": [f"joint {i}" for i in range(7)] + ["gripper 0", "gripper 1"],
 }
 
 

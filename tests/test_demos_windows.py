@@ -136,6 +136,16 @@ def test_official_files_authors_code_proprio(official):
     np.testing.assert_allclose(ds[12]["proprio_next"], robot_states[18], rtol=1e-6)
 
 
+def test_no_joint_vel_proprio_is_the_paper_vector_without_velocities(ours, official):
+    paper = WindowDataset([ours])
+    ablation = WindowDataset([ours], proprio="no_joint_vel")
+    assert ablation.proprio_dim == 9 == proprio_dim("no_joint_vel")
+    for key in ("proprio_prev", "proprio", "proprio_next"):   # same statistics: the first 9 columns
+        np.testing.assert_allclose(ablation[17][key], paper[17][key][:9], rtol=1e-6)
+    # official files lack joint velocities, which this mode does not need
+    assert WindowDataset([official], proprio="no_joint_vel", normalize=False).proprio_dim == 9
+
+
 def _raw_official(path):
     with H.DemoFile(path) as f:
         return f.read("demo_0", ["robot_states"])["robot_states"]

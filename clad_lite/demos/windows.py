@@ -26,6 +26,9 @@ key                          shape per item     meaning
 joint_vel (7) = 16-D, the paper's "joint angles and velocities"; needs our files (official
 LIBERO files have no joint velocities). ``"authors_code"`` = gripper qpos (2) + eef pos (3) +
 eef quat xyzw (4) = 9-D, i.e. ``robot_states``, as in the authors' code; works on both.
+``"no_joint_vel"`` = joint_states (7) + gripper_states (2) = 9-D, the paper's vector without the
+velocities (an ablation: velocities tell the policy what the last actions were, a shortcut it can
+copy instead of reading the scene, de Haan et al., 2019, "Causal confusion in imitation learning").
 
 **Edges** (``edge=``): ``"pad"`` (default) makes a window for every step t in [0, T-1].
 Frame indices outside [0, T-1] are clamped (p^{t-τ} before the start is the first frame,
@@ -77,6 +80,9 @@ TAU = 6
 PROPRIO_MODES: dict[str, tuple[tuple[str, int], ...]] = {
     "paper": (("obs/joint_states", 7), ("obs/gripper_states", 2), ("obs/" + H.JOINT_VEL_KEY, 7)),
     "authors_code": (("robot_states", 9),),
+    # the paper's vector without the joint velocities (an ablation, not the paper): velocities echo the
+    # last actions, a shortcut a cloned policy can copy instead of reading the scene ("copycat")
+    "no_joint_vel": (("obs/joint_states", 7), ("obs/gripper_states", 2)),
 }
 STATS_FILE = "norm_stats.json"
 STATS_KEYS = ("actions", "robot_states") + tuple("obs/" + k for k in (*H.LOWDIM_OBS, H.JOINT_VEL_KEY))
