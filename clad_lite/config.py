@@ -80,6 +80,9 @@ class DataConfig:
     ``vision_source``: what fills the models' vision (and language) inputs: ``"encoder"``, the
     frozen encoder's embeddings (the paper), or ``"sim_state"``, the simulator's true state and a
     one-hot task code (a privileged-perception diagnostic, not the paper: clad_lite.state_oracle).
+    ``oracle_velocities``: with ``"sim_state"``, whether that state holds the velocities (qvel)
+    besides the positions (qpos); ``false`` with ``proprio="no_joint_vel"`` leaves the models no
+    velocity to copy the last motion from (a diagnostic of the copycat shortcut).
 
     ``action_noise``: DART-style noise injection while generating (not the paper, whose demos are
     human): std, in action units, of the held Gaussian noise added to the executed arm action,
@@ -116,6 +119,7 @@ class DataConfig:
     cameras: tuple[str, ...] = ("agentview_rgb", "eye_in_hand_rgb")
     proprio: str = "paper"
     vision_source: str = "encoder"
+    oracle_velocities: bool = True
     action_noise: float = 0.0
     success_hold: int = 0
     expert_motion: str = "min_jerk"
@@ -150,6 +154,9 @@ class DataConfig:
                f"data.expert_motion must be one of {tuple(EXPERT_FACTORIES)}, got {self.expert_motion!r}")
         _check(self.vision_source in VISION_SOURCES,
                f"data.vision_source must be one of {VISION_SOURCES}, got {self.vision_source!r}")
+        _check(isinstance(self.oracle_velocities, bool) and (self.oracle_velocities or self.vision_source != "encoder"),
+               f"data.oracle_velocities=false needs data.vision_source=sim_state (it drops the oracle state's qvel), "
+               f"got oracle_velocities={self.oracle_velocities!r} with vision_source={self.vision_source!r}")
         _check(not (self.recovery_demos and self.vision_source != "encoder"),
                "data.recovery_demos needs data.vision_source=encoder (the state oracle does not read them)")
         _check(isinstance(self.dagger_demos, int) and self.dagger_demos >= 0,

@@ -456,7 +456,8 @@ class Agent:
         self.state_observation = None
         if profile.data.vision_source == SIM_STATE:
             self.state_observation = StateObservation(spec["state_stats"], profile.policy.vision_dim,
-                                                      profile.policy.language_dim, self.cameras)
+                                                      profile.policy.language_dim, self.cameras,
+                                                      velocities=profile.data.oracle_velocities)
             self.encoder = None
         else:
             self.encoder = self._load_encoder(spec)

@@ -17,6 +17,12 @@ Per step, from the flattened MuJoCo state ``states[t] = [time, qpos, qvel]`` (S 
     vision = [x ; 0, ..., 0]                              zero-padded to n_cam * E, camera c = vision[c E : (c+1) E]
     lang   = one_hot(index of the instruction)            zero-padded to E
 
+``data.oracle_velocities=false`` keeps only the positions: ``s = qpos`` (the first nq entries,
+nq found per task as the offset where the robot's recorded joint velocities sit in the state).
+With ``data.proprio=no_joint_vel`` the models then see no velocity at all, which separates a
+policy that reads the scene from one that copies the motion its last actions started (the
+"copycat" shortcut of behaviour cloning, de Haan et al., 2019; Wen et al., 2020).
+
 The layout of qpos differs per scene (each task has its own objects), so the statistics are per
 task (per instruction), computed over every step of every demonstration of that task and saved as
 ``state_stats.json`` next to the data (recomputed when the files change), the way
@@ -26,6 +32,7 @@ rollouts read ``env.get_sim_state()`` through those, rendering cameras only for 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -36,6 +43,7 @@ from clad_lite.demos import hdf5 as H
 SIM_STATE = "sim_state"
 VISION_SOURCES = ("encoder", SIM_STATE)
 STATE_STATS_FILE = "state_stats.json"
+STATS_VERSION = 2  # 2: each task's nq
 _MIN_SPREAD = 1e-6
 CLIP = 10.0
 
@@ -52,9 +60,17 @@ def compute_state_stats(paths: Sequence) -> dict:
 
     paths = [Path(p) for p in paths]
     per_task: dict[str, list[np.ndarray]] = {}
+    position_width: dict[str, int | None] = {}
     for path in paths:
         with H.DemoFile(path) as f:
             instruction = f.instruction
+            if instruction not in position_width and f.demos:  # official files have no joint velocities
+                demo = f.demos[0]
+                try:
+                    raw = f.read(demo, ["states", "obs/" + H.JOINT_VEL_KEY])
+                    position_width[instruction] = find_position_width(raw["states"], raw["obs/" + H.JOINT_VEL_KEY])
+                except H.DemoFormatError:
+                    position_width[instruction] = None
             for demo in f.demos:
                 states = scene_state(f.read(demo, ["states"])["states"])
                 previous = per_task.setdefault(instruction, [])
@@ -66,27 +82,48 @@ def compute_state_stats(paths: Sequence) -> dict:
     for instruction in sorted(per_task):
         values = np.concatenate(per_task[instruction], axis=0)
         tasks[instruction] = {"width": int(values.shape[1]), "mean": values.mean(0).tolist(),
-                              "std": values.std(0).tolist(), "count": int(len(values))}
-    return {"version": 1, "files": _fingerprint(paths), "tasks": tasks}
+                              "std": values.std(0).tolist(), "count": int(len(values)),
+                              "nq": position_width.get(instruction)}
+    return {"version": STATS_VERSION, "files": _fingerprint(paths), "tasks": tasks}
+
+
+def find_position_width(states: np.ndarray, joint_vel: np.ndarray) -> int | None:
+    """nq of a scene: where the robot's joint velocities (T, 7) start in ``scene_state(states)``
+    (T, nq + nv), whose qvel begins with the robot's joints as its qpos does; None if nowhere."""
+    s = scene_state(states)
+    width = joint_vel.shape[-1]
+    for offset in range(width, s.shape[-1] - width + 1):
+        if np.allclose(s[:, offset:offset + width], joint_vel, rtol=0.0, atol=1e-9):
+            return offset
+    return None
 
 
 def load_or_compute_state_stats(paths: Sequence, stats_path=None) -> dict:
     """The saved statistics if they were computed on exactly these files, else compute and save them."""
     from clad_lite.demos.windows import load_or_compute_stats
 
-    stats_path = stats_path if stats_path is not None else Path(paths[0]).resolve().parent / STATE_STATS_FILE
-    return load_or_compute_stats(paths, stats_path, compute_state_stats, indent=None)
+    stats_path = Path(stats_path if stats_path is not None else Path(paths[0]).resolve().parent / STATE_STATS_FILE)
+    stale = stats_path.exists() and json.loads(stats_path.read_text()).get("version") != STATS_VERSION
+    return load_or_compute_stats(paths, stats_path, compute_state_stats, indent=None, recompute=stale)
 
 
 class StateObservation:
     """Simulator states -> the (vision, language) inputs of the models (see the module docstring).
 
     ``stats``: the dict of :func:`compute_state_stats`; ``vision_dim`` = n_cam * E and
-    ``language_dim`` = E of the profile; ``cameras``: the obs keys that share the vision slot.
+    ``language_dim`` = E of the profile; ``cameras``: the obs keys that share the vision slot;
+    ``velocities=False``: only the positions, qpos (``data.oracle_velocities``).
     """
 
-    def __init__(self, stats: Mapping, vision_dim: int, language_dim: int, cameras: Sequence[str]):
+    def __init__(self, stats: Mapping, vision_dim: int, language_dim: int, cameras: Sequence[str],
+                 velocities: bool = True):
         self.tasks = dict(stats["tasks"])
+        self.velocities = bool(velocities)
+        if not self.velocities:
+            unknown = [k for k, v in self.tasks.items() if not v.get("nq")]
+            if unknown:
+                raise ValueError(f"data.oracle_velocities=false needs each task's nq in the state statistics "
+                                 f"(found from the files' joint velocities), missing for {unknown}")
         self.instructions = sorted(self.tasks)
         self.vision_dim, self.language_dim, self.cameras = int(vision_dim), int(language_dim), tuple(cameras)
         if self.vision_dim % len(self.cameras):
@@ -107,14 +144,16 @@ class StateObservation:
         return instruction
 
     def standardise(self, instruction: str, states: np.ndarray) -> np.ndarray:
-        """Flattened MuJoCo states (T, S) or (S,) -> standardised, clipped (T, S - 1) / (S - 1,) float32."""
+        """Flattened MuJoCo states (T, S) or (S,) -> standardised, clipped (T, S - 1) / (S - 1,) float32
+        ((T, nq) / (nq,) with ``velocities=False``)."""
         key = self._task(instruction)
         s = scene_state(states)
         width = self.tasks[key]["width"]
         if s.shape[-1] != width:
             raise ValueError(f"a scene state of width {s.shape[-1] + 1} for {key!r}, whose statistics have "
                              f"{width + 1}: another scene or simulator version")
-        return np.clip((s - self._mean[key]) / self._scale[key], -CLIP, CLIP).astype(np.float32)
+        x = np.clip((s - self._mean[key]) / self._scale[key], -CLIP, CLIP).astype(np.float32)
+        return x if self.velocities else x[..., :self.tasks[key]["nq"]]
 
     def pad(self, x: np.ndarray) -> np.ndarray:
         """Standardised states (..., w) -> zero-padded (..., vision_dim)."""
@@ -173,7 +212,8 @@ def load_state_training_data(profile, data_dir=None):
     files = H.find_demo_files([data_dir])
     try:
         stats = load_or_compute_state_stats(files)
-        observation = StateObservation(stats, profile.policy.vision_dim, profile.policy.language_dim, profile.data.cameras)
+        observation = StateObservation(stats, profile.policy.vision_dim, profile.policy.language_dim, profile.data.cameras,
+                                       velocities=profile.data.oracle_velocities)
         embeddings = StateEmbeddings(files, observation)
         # windows at t = 0, s, 2s, ... with s = data.image_stride: those of an encoder run on data
         # rendered at that stride, so that only the perception differs (states exist at every step,
@@ -188,5 +228,5 @@ def load_state_training_data(profile, data_dir=None):
     return TrainingData(dataset, str(data_dir), None, None, extra={"state_stats": stats})
 
 
-__all__ = ["SIM_STATE", "VISION_SOURCES", "STATE_STATS_FILE", "scene_state", "compute_state_stats",
+__all__ = ["SIM_STATE", "VISION_SOURCES", "STATE_STATS_FILE", "scene_state", "compute_state_stats", "find_position_width",
            "load_or_compute_state_stats", "StateObservation", "StateEmbeddings", "load_state_training_data"]

@@ -10,11 +10,12 @@ import torch
 
 from clad_lite.config import ConfigError, apply_overrides, get_profile
 from clad_lite.demos import hdf5 as H
-from clad_lite.demos.fixtures import write_ours
+from clad_lite.demos.fixtures import synthetic_position_width, write_ours
 from clad_lite.state_oracle import (
     STATE_STATS_FILE,
     StateObservation,
     compute_state_stats,
+    find_position_width,
     load_or_compute_state_stats,
     load_state_training_data,
 )
@@ -63,6 +64,37 @@ def test_statistics_standardise_each_task_and_are_saved(tmp_path):
     assert load_or_compute_state_stats(files) == json.loads((tmp_path / STATE_STATS_FILE).read_text())
     write_ours(files[1], lengths=(13, 5), images=False, instruction=OTHER)
     assert load_or_compute_state_stats(files)["tasks"][OTHER]["count"] == 18 == compute_state_stats(files)["tasks"][OTHER]["count"]
+
+
+def test_positions_only_drop_every_velocity(tmp_path):
+    """data.oracle_velocities=false: the oracle state is qpos alone, nq found from the joint velocities."""
+    files = _files(tmp_path)
+    stats = load_or_compute_state_stats(files)
+    nq = synthetic_position_width(20)
+    assert nq == 10 and all(task["nq"] == nq for task in stats["tasks"].values())
+    with H.DemoFile(files[1]) as f:
+        raw = f.read("demo_0", ["states", "obs/" + H.JOINT_VEL_KEY])
+    assert find_position_width(raw["states"], raw["obs/" + H.JOINT_VEL_KEY]) == nq
+    assert find_position_width(raw["states"], raw["obs/" + H.JOINT_VEL_KEY] + 1.0) is None
+    cameras = ("agentview_rgb", "eye_in_hand_rgb")
+    full = StateObservation(stats, vision_dim=64, language_dim=32, cameras=cameras)
+    positions = StateObservation(stats, vision_dim=64, language_dim=32, cameras=cameras, velocities=False)
+    x, q = full.vision(OTHER, raw["states"]), positions.vision(OTHER, raw["states"])
+    np.testing.assert_array_equal(q[:, :nq], x[:, :nq])
+    assert np.all(q[:, nq:] == 0) and np.abs(x[:, nq:19]).max() > 0
+    # statistics without nq (official files have no joint velocities; version-1 files) are refused
+    stats["tasks"][OTHER]["nq"] = None
+    with pytest.raises(ValueError, match="oracle_velocities=false needs each task's nq"):
+        StateObservation(stats, vision_dim=64, language_dim=32, cameras=cameras, velocities=False)
+    old = dict(json.loads((tmp_path / STATE_STATS_FILE).read_text()), version=1)
+    (tmp_path / STATE_STATS_FILE).write_text(json.dumps(old))
+    assert load_or_compute_state_stats(files)["version"] == 2  # an older file is recomputed
+    profile = _oracle_profile("data.oracle_velocities=false", "data.proprio=no_joint_vel",
+                              "clad.proprio_dim=9", "policy.proprio_dim=9")
+    item = load_state_training_data(profile, tmp_path).dataset[1]
+    assert item["proprio"].shape == (9,) and torch.all(item["agentview_rgb"][nq:] == 0)
+    with pytest.raises(ConfigError, match="oracle_velocities=false needs data.vision_source=sim_state"):
+        apply_overrides(get_profile("ci"), ["data.oracle_velocities=false"])
 
 
 def test_windows_carry_states_at_the_profile_stride(tmp_path):

@@ -46,8 +46,22 @@ def synthetic_demo(T: int, image_size: int = 16, state_dim: int = 20, seed: int 
         obs[H.JOINT_VEL_KEY] = rng.normal(size=(T, 7))
     dones = np.zeros(T, np.uint8)
     dones[-1] = 1
-    return {"actions": actions, "states": rng.normal(size=(T, state_dim)), "rewards": dones.copy(),
+    states = rng.normal(size=(T, state_dim))
+    nq = synthetic_position_width(state_dim)
+    if nq:  # laid out like MuJoCo's [time, qpos, qvel], the robot's joints first in both (as in LIBERO)
+        states[:, 1:8], states[:, 8:10] = joint_states, gripper
+        if joint_vel:
+            states[:, 1 + nq:1 + nq + 7] = obs[H.JOINT_VEL_KEY]
+    return {"actions": actions, "states": states, "rewards": dones.copy(),
             "dones": dones, "robot_states": np.hstack([gripper, ee_pos, quat]), "obs": obs}
+
+
+def synthetic_position_width(state_dim: int) -> int | None:
+    """nq of the synthetic ``states`` (T, state_dim) = [time, qpos (nq), qvel (state_dim - 1 - nq)]:
+    positions one wider than velocities, as free joints' quaternions make them; None when too
+    narrow to hold the robot's 9 positions and 7 velocities (then the states are plain noise)."""
+    nq = (state_dim - 1) // 2 + 1
+    return nq if nq >= 9 and state_dim - 1 - nq >= 7 else None
 
 
 def write_official_style(path, lengths=(30, 24), image_size: int = 16, instruction: str = INSTRUCTION):
