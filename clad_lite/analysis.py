@@ -146,7 +146,7 @@ def linear_probe_classification(x_train, y_train, x_test, y_test, C: float = 1.0
 # --------------------------------------------------------------------------- windows
 
 
-def action_predictability(path, holdout_every: int = 5, k: int = 5) -> dict:
+def action_predictability(path, holdout_every: int = 5, k: int = 5, velocities: bool = True) -> dict:
     """How far a demonstrator's arm actions are a function of the state, in one demo file.
 
     Behaviour cloning assumes they are: a policy sees the state, not how long the demonstrator has
@@ -155,6 +155,10 @@ def action_predictability(path, holdout_every: int = 5, k: int = 5) -> dict:
     standardised on the fitting demos) to the 6 arm dimensions of the action, fitted on every
     demo i with ``i % holdout_every != 0`` and scored on the others (leave-demos-out).
 
+    ``velocities=False`` keeps only the positions qpos (``state_oracle.find_position_width``): the
+    gap between the two says how much of the action the velocities, the echo of the last actions,
+    give away (a shortcut a cloned policy can copy instead of reading the scene).
+
     Returns ``{"r2", "mse", "train_steps", "test_steps", "demos"}``: R^2 = 1 - SSE / SST of the
     held-out actions against their fitting-set mean (1 = the state fixes the action, 0 = it says
     nothing).
@@ -162,18 +166,24 @@ def action_predictability(path, holdout_every: int = 5, k: int = 5) -> dict:
     from sklearn.neighbors import KNeighborsRegressor
 
     from clad_lite.demos import hdf5 as H
-    from clad_lite.state_oracle import scene_state
+    from clad_lite.state_oracle import find_position_width, scene_state
 
+    keys = ["states", "actions"] + ([] if velocities else ["obs/" + H.JOINT_VEL_KEY])
     with H.DemoFile(path) as f:
-        demos = [f.read(demo, ["states", "actions"]) for demo in f.demos]
+        demos = [f.read(demo, keys) for demo in f.demos]
     if len(demos) < 2 or holdout_every < 2:
         raise ValueError(f"{path}: needs >= 2 demos and holdout_every >= 2, got {len(demos)} demos, "
                          f"holdout_every={holdout_every}")
+    width = None
+    if not velocities:
+        width = find_position_width(demos[0]["states"], demos[0]["obs/" + H.JOINT_VEL_KEY])
+        if width is None:
+            raise ValueError(f"{path}: the joint velocities sit nowhere in the states, so qpos cannot be told apart")
     held_out = [i % holdout_every == 0 for i in range(len(demos))]
 
     def stack(test: bool):
         chosen = [d for d, h in zip(demos, held_out) if h == test]
-        return (np.concatenate([scene_state(d["states"]) for d in chosen]),
+        return (np.concatenate([scene_state(d["states"])[:, :width] for d in chosen]),
                 np.concatenate([np.asarray(d["actions"], dtype=np.float64)[:, :6] for d in chosen]))
 
     (x_fit, y_fit), (x_test, y_test) = stack(False), stack(True)
@@ -184,6 +194,53 @@ def action_predictability(path, holdout_every: int = 5, k: int = 5) -> dict:
     sse, sst = float((error ** 2).sum()), float(((y_test - y_fit.mean(0)) ** 2).sum())
     return {"r2": 1.0 - sse / max(sst, 1e-12), "mse": float((error ** 2).mean()),
             "train_steps": len(x_fit), "test_steps": len(x_test), "demos": len(demos)}
+
+
+def action_predictability_table(data_dir, holdout_every: int = 5, k: int = 5) -> dict:
+    """:func:`action_predictability` of every demo file in ``data_dir``, from [qpos; qvel] and from
+    qpos alone: ``{"data", "holdout_every", "k", "rows": [{"file", "instruction", "demos",
+    "test_steps", "r2_state", "r2_positions"}]}``."""
+    from clad_lite.demos import hdf5 as H
+
+    files = H.find_demo_files([Path(data_dir)])
+    rows = []
+    for path in files:
+        with H.DemoFile(path) as f:
+            instruction = f.instruction
+        full = action_predictability(path, holdout_every, k)
+        positions = action_predictability(path, holdout_every, k, velocities=False)
+        rows.append({"file": Path(path).name, "instruction": instruction, "demos": full["demos"],
+                     "test_steps": full["test_steps"], "r2_state": full["r2"], "r2_positions": positions["r2"]})
+    return {"data": str(data_dir), "holdout_every": holdout_every, "k": k, "rows": rows}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "action-predictability", help="how far the scene state, with and without velocities, fixes the demos' actions",
+        description="Leave-demos-out k-NN R^2 of each demo file's arm actions from the scene state [qpos; qvel] "
+                    "and from qpos alone (analysis.action_predictability).")
+    parser.add_argument("--data", required=True, help="demonstrations folder (files with states and joint velocities)")
+    parser.add_argument("--holdout-every", type=int, default=5, help="hold out every n-th demo (default 5)")
+    parser.add_argument("-k", type=int, default=5, help="neighbours (default 5)")
+    parser.add_argument("--json", default=None, help="write the table here")
+    parser.set_defaults(func=_predictability_main)
+
+
+def _predictability_main(args) -> int:
+    import json
+    import sys
+
+    from clad_lite.provenance import git_sha
+
+    result = action_predictability_table(args.data, args.holdout_every, args.k)
+    print(f"{'task':64s} {'[qpos; qvel]':>12s} {'qpos':>6s}")
+    for row in result["rows"]:
+        print(f"{row['instruction'][:64]:64s} {row['r2_state']:12.3f} {row['r2_positions']:6.3f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({**result, "git_sha": git_sha(),
+                                               "command": " ".join(["python -m clad_lite", *sys.argv[1:]])}, indent=1))
+    return 0
 
 
 def window_table(dataset) -> dict:

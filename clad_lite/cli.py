@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "clad_lite.bench",
     "clad_lite.compare",
     "clad_lite.position_probe",
+    "clad_lite.analysis",
     "clad_lite.pipeline",
 ]
 
