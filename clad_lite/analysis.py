@@ -166,19 +166,17 @@ def action_predictability(path, holdout_every: int = 5, k: int = 5, velocities: 
     from sklearn.neighbors import KNeighborsRegressor
 
     from clad_lite.demos import hdf5 as H
-    from clad_lite.state_oracle import find_position_width, scene_state
+    from clad_lite.state_oracle import file_position_width, scene_state
 
-    keys = ["states", "actions"] + ([] if velocities else ["obs/" + H.JOINT_VEL_KEY])
     with H.DemoFile(path) as f:
-        demos = [f.read(demo, keys) for demo in f.demos]
+        demos = [f.read(demo, ["states", "actions"]) for demo in f.demos]
+        width = None if velocities else file_position_width(f)
     if len(demos) < 2 or holdout_every < 2:
         raise ValueError(f"{path}: needs >= 2 demos and holdout_every >= 2, got {len(demos)} demos, "
                          f"holdout_every={holdout_every}")
-    width = None
-    if not velocities:
-        width = find_position_width(demos[0]["states"], demos[0]["obs/" + H.JOINT_VEL_KEY])
-        if width is None:
-            raise ValueError(f"{path}: the joint velocities sit nowhere in the states, so qpos cannot be told apart")
+    if not velocities and width is None:
+        raise ValueError(f"{path}: the joint velocities sit nowhere in the states (or the file has none), "
+                         "so qpos cannot be told apart")
     held_out = [i % holdout_every == 0 for i in range(len(demos))]
 
     def stack(test: bool):

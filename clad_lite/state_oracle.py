@@ -64,13 +64,8 @@ def compute_state_stats(paths: Sequence) -> dict:
     for path in paths:
         with H.DemoFile(path) as f:
             instruction = f.instruction
-            if instruction not in position_width and f.demos:  # official files have no joint velocities
-                demo = f.demos[0]
-                try:
-                    raw = f.read(demo, ["states", "obs/" + H.JOINT_VEL_KEY])
-                    position_width[instruction] = find_position_width(raw["states"], raw["obs/" + H.JOINT_VEL_KEY])
-                except H.DemoFormatError:
-                    position_width[instruction] = None
+            if instruction not in position_width:
+                position_width[instruction] = file_position_width(f)
             for demo in f.demos:
                 states = scene_state(f.read(demo, ["states"])["states"])
                 previous = per_task.setdefault(instruction, [])
@@ -96,6 +91,18 @@ def find_position_width(states: np.ndarray, joint_vel: np.ndarray) -> int | None
         if np.allclose(s[:, offset:offset + width], joint_vel, rtol=0.0, atol=1e-9):
             return offset
     return None
+
+
+def file_position_width(f: H.DemoFile) -> int | None:
+    """nq of an open demo file's scene, from its first demo; None when it has no demos, no joint
+    velocities (official files) or none that sit in its states."""
+    if not f.demos:
+        return None
+    try:
+        raw = f.read(f.demos[0], ["states", "obs/" + H.JOINT_VEL_KEY])
+    except H.DemoFormatError:
+        return None
+    return find_position_width(raw["states"], raw["obs/" + H.JOINT_VEL_KEY])
 
 
 def load_or_compute_state_stats(paths: Sequence, stats_path=None) -> dict:
@@ -229,4 +236,5 @@ def load_state_training_data(profile, data_dir=None):
 
 
 __all__ = ["SIM_STATE", "VISION_SOURCES", "STATE_STATS_FILE", "scene_state", "compute_state_stats", "find_position_width",
+           "file_position_width",
            "load_or_compute_state_stats", "StateObservation", "StateEmbeddings", "load_state_training_data"]
