@@ -96,7 +96,7 @@ class DataConfig:
     ``"min_jerk"`` carrots in time, at a random tempo, with random pauses (the default, the data
     of every earlier run), or ``"feedback"``: Markovian state-feedback motions, so that every arm
     action follows from the state and the goal, as behaviour cloning assumes (revision 2 solves
-    97/100 fixed init states against min-jerk's 99/100; see README, "A Markovian demonstrator").
+    97/100 fixed init states against min-jerk's 99/100; see figures/results/README.md, "A Markovian demonstrator").
 
     ``recovery_demos``: recovery demonstrations per task (not the paper; DAgger's idea with a
     scripted fumble, clad_lite.expert.recovery): the expert misses one grasp the way the lite

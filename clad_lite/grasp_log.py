@@ -1,7 +1,7 @@
 """Where each grasp of a rollout landed, and whether it held: a diagnostic of closed-loop precision.
 
 Most failed libero_10 rollouts of the lite policies end in a missed grasp: the fingers close off
-the object and the hand rises empty (README, "Where the failures happen").
+the object and the hand rises empty (figures/results/README.md, "Where the failures happen").
 A :class:`GraspLog` records, at every step where the executed gripper command turns from open
 (< 0) to closed (> 0), the hand position, the nearest movable object and the hand's offset from
 that object's origin; ``lift_steps`` steps later (or at the next opening, or at the episode's

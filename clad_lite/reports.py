@@ -283,6 +283,41 @@ def runs_table(runs: dict, profile_name: str) -> str:
     return markdown_table(headers, body) + _footer(profile_name, {label: src for label, (_, src) in runs.items()})
 
 
+def runs_figure(runs: dict, profile_name: str, target: float | None = None):
+    """Every evaluated run (``{label: (results, source)}``, e.g. :func:`committed_runs`) as one row:
+    pooled success with its 95% Wilson interval and (k/n), best at the top; blue = CLaD, orange = the
+    policy-only baseline (other foresight ablations grey); squares = the privileged-state oracle
+    (``clad_lite.state_oracle``), circles = the frozen encoder. Vertical lines: the paper's CLaD
+    (its scale, labelled as the paper's) and ``target`` (percent) when given."""
+    import matplotlib.pyplot as plt
+
+    colors = {"both": "tab:blue", "none": "tab:orange"}
+    rows = sorted(((pooled(results), _run_settings(results), label) for label, (results, _) in runs.items()),
+                  key=lambda row: (row[0]["rate"], row[2]))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.24 * len(rows)))
+    for y, (pool, settings, label) in enumerate(rows):
+        rate, (lo, hi) = 100 * pool["rate"], pool["ci95"]
+        color = colors.get(settings["foresight"], "tab:gray")
+        ax.errorbar(rate, y, xerr=[[rate - 100 * lo], [100 * hi - rate]], color=color, capsize=2, lw=1,
+                    marker="s" if settings["vision"] == "sim_state" else "o", markersize=4)
+        ax.text(100 * hi + 1, y, f"{pool['successes']}/{pool['episodes']}", va="center", fontsize=7)
+    paper = P.TABLE1["average"]["CLaD‡"]
+    ax.axvline(paper, color="k", ls="--", lw=1, label=f"paper CLaD‡ {paper}% (its scale)")
+    if target is not None:
+        ax.axvline(target, color="tab:red", ls=":", lw=1, label=f"target of the {profile_name!r} profile, {target:g}%")
+    ax.set_yticks(range(len(rows)), [label for _, _, label in rows], fontsize=7)
+    ax.set_xlim(0, 105)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel("average success on libero_10 (%), 95% Wilson interval")
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=name)
+               for name, c in (("CLaD", "tab:blue"), ("policy only", "tab:orange"))]
+    handles.append(plt.Line2D([], [], color="tab:gray", marker="s", ls="", label="privileged-state oracle"))
+    ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc="lower right")
+    ax.set_title(f"Every committed {profile_name!r} run ({len(rows)}), best at the top", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def goal_table(results: dict, profile_name: str, source: str | None = None) -> str:
     """What limits success, per task: each BDDL goal predicate's count of episodes in which it
     ever held (``reached``) and held at the end (``final``), next to full success (the AND of them).

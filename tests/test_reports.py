@@ -118,6 +118,27 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     assert "`stage2_40k_x0_q6` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, temporal ensembling | 35.0%" in lines[15]
 
 
+def test_runs_figure_orders_runs_and_marks_the_oracle():
+    def run(ks, foresight, vision="encoder"):
+        results = _results(ks, n=10)
+        results["provenance"] = {"config": {"policy": {"foresight": foresight}, "data": {"vision_source": vision}}}
+        return results, "x.json"
+
+    runs = {"clad": run((6, 2), "both"), "policy_only": run((1, 0), "none"), "oracle": run((3, 0), "none", "sim_state"),
+            "tie_b": run((2, 2), "both"), "tie_a": run((4, 0), "both")}
+    fig = reports.runs_figure(runs, "cpu", target=80)
+    ax = fig.axes[0]
+    # worst at the bottom (y = 0), best at the top; equal rates in label order
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["policy_only", "oracle", "tie_a", "tie_b", "clad"]
+    assert [t.get_text() for t in ax.texts] == ["1/20", "3/20", "4/20", "4/20", "8/20"]
+    lines = [line for line in ax.get_lines() if line.get_marker() in ("o", "s")]  # the rows (not the caps)
+    assert [line.get_marker() for line in lines] == ["o", "s", "o", "o", "o"]
+    assert [line.get_color() for line in lines] == ["tab:orange", "tab:orange", "tab:blue", "tab:blue", "tab:blue"]
+    assert lines[-1].get_xdata()[0] == 40.0 and lines[-1].get_ydata()[0] == 4
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "paper CLaD‡ 94.7% (its scale)" in legend and "target of the 'cpu' profile, 80%" in legend
+
+
 def test_modality_figure_with_zero_and_full_success():
     """A 0% or 100% bar has a one-sided interval (the errorbar must not get a negative length)."""
     zero, full = _results((0, 0), n=100), _results((100, 100), n=100)

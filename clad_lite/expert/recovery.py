@@ -4,7 +4,7 @@ how to recover from there.
 Behaviour cloning from clean demonstrations never sees a state off the expert's path, so a policy
 that closes its fingers a centimetre beside an object has no data for what to do next (DAgger,
 Ross et al. 2011; DART, Laskey et al. 2017; not the paper). The lite policies' failures are such
-grasps (README: the hand lands 5-15 mm off in xy or stops up to 4 cm high, closes, and rises empty).
+grasps (figures/results/README.md: the hand lands 5-15 mm off in xy or stops up to 4 cm high, closes, and rises empty).
 A :class:`RecoveryExpert` reproduces them with privileged state instead of a learned policy:
 
 1. the scripted expert runs its plan (``lead``) up to the moment it would close the gripper on
@@ -28,7 +28,7 @@ from .control import GRIPPER_OPEN
 from .primitives import SLOW, close_gripper, move
 
 # the fumble's displacement of the grasp point (m): a random direction in xy at this distance,
-# plus a rise of the hand (the lite policies' misses: README, "Where the failures happen")
+# plus a rise of the hand (the lite policies' misses: figures/results/README.md, "Where the failures happen")
 MISS_XY = (0.008, 0.025)
 MISS_DZ = (0.0, 0.04)
 # after a missed close the hand rises this much, as if it were lifting the object
