@@ -291,13 +291,13 @@ def runs_figure(runs: dict, profile_name: str, target: float | None = None):
     (its scale, labelled as the paper's) and ``target`` (percent) when given."""
     import matplotlib.pyplot as plt
 
-    colors = {"both": "tab:blue", "none": "tab:orange"}
+    legend = {"both": ("CLaD", "tab:blue"), "none": ("policy only", "tab:orange")}  # foresight -> (name, colour)
     rows = sorted(((pooled(results), _run_settings(results), label) for label, (results, _) in runs.items()),
                   key=lambda row: (row[0]["rate"], row[2]))
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.24 * len(rows)))
     for y, (pool, settings, label) in enumerate(rows):
         rate, (lo, hi) = 100 * pool["rate"], pool["ci95"]
-        color = colors.get(settings["foresight"], "tab:gray")
+        color = legend.get(settings["foresight"], (None, "tab:gray"))[1]
         ax.errorbar(rate, y, xerr=[[rate - 100 * lo], [100 * hi - rate]], color=color, capsize=2, lw=1,
                     marker="s" if settings["vision"] == "sim_state" else "o", markersize=4)
         ax.text(100 * hi + 1, y, f"{pool['successes']}/{pool['episodes']}", va="center", fontsize=7)
@@ -309,8 +309,7 @@ def runs_figure(runs: dict, profile_name: str, target: float | None = None):
     ax.set_xlim(0, 105)
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_xlabel("average success on libero_10 (%), 95% Wilson interval")
-    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=name)
-               for name, c in (("CLaD", "tab:blue"), ("policy only", "tab:orange"))]
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=name) for name, c in legend.values()]
     handles.append(plt.Line2D([], [], color="tab:gray", marker="s", ls="", label="privileged-state oracle"))
     ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc="lower right")
     ax.set_title(f"Every committed {profile_name!r} run ({len(rows)}), best at the top", fontsize=9)
