@@ -109,7 +109,7 @@ _OMIT_AT = {"stage1": {"ema_decay": 0.0}, "stage2": {"ema_decay": 0.0},
             "data": {"vision_source": "encoder", "action_noise": 0.0, "success_hold": 0, "expert_motion": "min_jerk",
                      "recovery_demos": 0, "dagger_demos": 0, "dagger_policy": "", "dagger_handover": "20-400",
                      "oracle_velocities": True},
-            "eval": {"action_samples": 1}}
+            "eval": {"action_samples": 1}, "encoder": {"crop_ratio": (3 / 4, 4 / 3)}}
 
 
 @dataclass

@@ -34,8 +34,11 @@ def test_presets_and_validation():
         EncoderConfig(cameras=("frontview",))
     with pytest.raises(ValueError, match="blocks"):
         EncoderConfig(widths=(8, 16), blocks=(1,))
-    config = apply_settings(EncoderConfig(), ["steps=7", "widths=4,8", "blocks=1,2", "clip_range=0.5,1"])
+    with pytest.raises(ValueError, match="crop_ratio"):
+        EncoderConfig(crop_ratio=(4 / 3, 3 / 4))
+    config = apply_settings(EncoderConfig(), ["steps=7", "widths=4,8", "blocks=1,2", "clip_range=0.5,1", "crop_ratio=1,1"])
     assert (config.steps, config.widths, config.blocks, config.clip_range) == (7, (4, 8), (1, 2), (0.5, 1.0))
+    assert config.crop_ratio == (1.0, 1.0)
 
 
 # --------------------------------------------------------------------------------- loss
@@ -65,6 +68,15 @@ def test_augmentations_share_a_crop_within_a_clip():
     assert torch.allclose(y[0], y[1]) and torch.allclose(y[4], y[5]) and not torch.allclose(y[0], y[2])
     z = color_jitter(y, 0.5, 0.3, 0.3, 0.1, generator=generator)
     assert z.shape == y.shape and z.min() >= 0 and z.max() <= 1 and not torch.allclose(z[0], z[1])
+
+
+def test_a_crop_of_the_whole_square_image_moves_nothing():
+    """crop_scale = crop_ratio = (1, 1) (encoder.crop_*, the position-keeping setting): the image itself."""
+    x = torch.rand(4, 3, 24, 24)
+    y = random_resized_crop(x, 24, scale=(1.0, 1.0), ratio=(1.0, 1.0), generator=torch.Generator().manual_seed(0), groups=2)
+    assert torch.allclose(y, x, atol=1e-5)
+    shifted = random_resized_crop(x, 24, scale=(0.6, 1.0), generator=torch.Generator().manual_seed(0), groups=2)
+    assert not torch.allclose(shifted, x, atol=1e-2)
 
 
 # ----------------------------------------------------------------------------- training

@@ -17,7 +17,10 @@ step), ``lr`` / ``weight_decay`` / ``warmup_steps`` (AdamW, linear warmup - at m
 then cosine),
 ``temperature`` (DecisionNCE uses a fixed logit scale of 100, i.e. 0.01), ``clip_range``
 (a clip's (end - start) length as a fraction of its demonstration, min and max),
-``crop_scale`` (RandomResizedCrop area range, one crop per clip as DecisionNCE does),
+``crop_scale`` / ``crop_ratio`` (RandomResizedCrop area and aspect-ratio ranges, one crop per clip as
+DecisionNCE does; torchvision's ratio default (3/4, 4/3). ``crop_scale=[1,1] crop_ratio=[1,1]`` crops
+nothing: every crop shifts and zooms the scene, which teaches the encoder to discount where things
+stand, while the policy needs their positions to the centimetre),
 ``color_jitter`` (brightness, contrast, saturation, hue; per frame as DecisionNCE does;
 DecisionNCE used brightness 0.5 only), ``cameras`` (each clip uses one camera, drawn
 uniformly: both cameras get embeddings from the same network), ``holdout_frac`` (demos
@@ -71,6 +74,7 @@ class EncoderConfig:
     temperature: float = 0.05
     clip_range: tuple[float, ...] = (0.25, 1.0)
     crop_scale: tuple[float, ...] = (0.6, 1.0)
+    crop_ratio: tuple[float, ...] = (3 / 4, 4 / 3)
     color_jitter: tuple[float, ...] = (0.5, 0.0, 0.0, 0.0)
     cameras: tuple[str, ...] = CAMERA_KEYS
     holdout_frac: float = 0.1
@@ -84,7 +88,7 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         # tuples may arrive as lists (JSON, checkpoints)
-        for name in ("widths", "blocks", "clip_range", "crop_scale", "color_jitter", "cameras"):
+        for name in ("widths", "blocks", "clip_range", "crop_scale", "crop_ratio", "color_jitter", "cameras"):
             setattr(self, name, tuple(getattr(self, name)))
         _check(self.kind in ENCODER_KINDS, "kind", self.kind, f"must be one of {ENCODER_KINDS}")
         for name in ("embed_dim", "image_size", "steps", "batch_size", "eval_clips_per_demo", "log_every"):
@@ -105,6 +109,8 @@ class EncoderConfig:
                "clip_range", self.clip_range, "must be (min, max) with 0 <= min <= max <= 1")
         _check(len(self.crop_scale) == 2 and 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0,
                "crop_scale", self.crop_scale, "must be (min, max) with 0 < min <= max <= 1")
+        _check(len(self.crop_ratio) == 2 and 0.0 < self.crop_ratio[0] <= self.crop_ratio[1],
+               "crop_ratio", self.crop_ratio, "must be (min, max) width / height with 0 < min <= max")
         _check(len(self.color_jitter) == 4 and all(j >= 0 for j in self.color_jitter)
                and self.color_jitter[3] <= 0.5, "color_jitter", self.color_jitter,
                "must be (brightness, contrast, saturation, hue) >= 0 with hue <= 0.5")

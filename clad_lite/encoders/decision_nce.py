@@ -254,7 +254,8 @@ def train_encoder(data_dir: str | os.PathLike, out: str | os.PathLike, config: E
         for step in range(config.steps):
             frames, labels = sample_batch(split, pools, config, rng)
             x = stored_to_float(frames)
-            x = random_resized_crop(x, config.image_size, config.crop_scale, generator=generator, groups=2)
+            x = random_resized_crop(x, config.image_size, config.crop_scale, config.crop_ratio, generator=generator,
+                                  groups=2)
             x = color_jitter(x, generator=generator, **jitter)
             v = model.image_features(x).view(len(labels), 2, -1)
             t = model.text_features(base[labels])
