@@ -133,11 +133,13 @@ class StepRecord:
 # =========================================================================== helpers
 def _content(name: str, values: dict) -> dict:
     """The values of profile section ``name`` that decide what a step makes."""
-    values = {k: v for k, v in values.items() if k not in _NOT_CONTENT.get(name, ())}
+    # tuples -> lists, as in a stamp or a saved configuration read back, before any comparison
+    values = json.loads(json.dumps({k: v for k, v in values.items() if k not in _NOT_CONTENT.get(name, ())}))
     for key, neutral in _OMIT_AT.get(name, {}).items():
+        neutral = json.loads(json.dumps(neutral))
         if values.get(key, neutral) == neutral:
             values.pop(key, None)
-    return json.loads(json.dumps(values))  # tuples -> lists, as in a stamp read back
+    return values
 
 
 def _section(profile, name: str) -> dict:
@@ -521,8 +523,7 @@ class Pipeline:
         if complete:
             stamp = self._check_stamp("encoder", inputs, path)
             if stamp == "missing":  # made outside the pipeline: judge by its configuration
-                saved = {k: v for k, v in (config or {}).items() if k not in _NOT_CONTENT["encoder"]}
-                stamp = "match" if json.loads(json.dumps(saved)) == inputs["encoder"] else "stale"
+                stamp = "match" if _content("encoder", config or {}) == inputs["encoder"] else "stale"
                 if stamp == "match":
                     self._write_stamp("encoder", inputs, path, 0.0)
             if stamp == "match":

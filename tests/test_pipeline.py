@@ -296,6 +296,8 @@ def test_a_field_at_its_neutral_value_keeps_older_stamps_valid():
     assert _section(apply_overrides(profile, ["data.action_noise=0.1"]), "data")["action_noise"] == 0.1
     encoder_before = {k: v for k, v in profile.to_dict()["encoder"].items() if k != "crop_ratio"}
     assert _content("encoder", encoder_before) == _section(profile, "encoder")
+    saved_after = json.loads(json.dumps(profile.to_dict()["encoder"]))  # a run's config.json: the tuple is a list
+    assert _content("encoder", saved_after) == _section(profile, "encoder")
     assert _section(apply_overrides(profile, ["encoder.crop_ratio=1,1"]), "encoder")["crop_ratio"] == [1.0, 1.0]
     data_before = {k: v for k, v in profile.to_dict()["data"].items() if k != "success_hold"}
     assert _content("data", data_before) == _section(profile, "data")
