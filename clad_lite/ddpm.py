@@ -8,6 +8,8 @@ alpha-bar_t = prod_{i<=t} alpha_i (``alphas_cumprod``). Steps are 0-indexed, t i
 * reverse step, eq. 3:     x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t)
                                      + sigma_t z                               (``step``)
 * ancestral sampling from x_T ~ N(0, I)                                        (``sample``)
+* deterministic DDIM steps, eta = 0 (Song et al. 2021, eq. 12; not the paper):
+  x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps    (``ddim_step``, ``sample(sampler="ddim")``)
 
 ``step`` uses the equivalent "predict x_0, then take the posterior mean" form
 
@@ -25,7 +27,8 @@ in the data range [-1, 1] as diffusion policies do for actions. Schedules:
 * "cosine": abar(t) = cos^2((t/T + s) / (1 + s) * pi/2), s = 0.008, beta capped at 0.999
   (Nichol & Dhariwal 2021; diffusers' "squaredcos_cap_v2").
 
-The same numbers as diffusers' ``DDPMScheduler`` (tests compare betas, abar and a step).
+The same numbers as diffusers' ``DDPMScheduler`` (tests compare betas, abar and a step) and, for
+DDIM, its ``DDIMScheduler`` with ``timestep_spacing="trailing"`` and eta = 0.
 
 ``prediction="sample"`` (diffusers' ``prediction_type="sample"``; not the paper's eq. 2/22) trains the
 network to output x_0 itself, ||x_0 - x0_theta(x_t, t)||^2, and sampling turns that into the implied
@@ -43,6 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clad_lite.configuration_clad import PREDICTIONS
+
+SAMPLERS = ("ddpm", "ddim")
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -188,14 +193,42 @@ class DDPM(nn.Module):
         nonzero = self._expand((t > 0).to(x_t.dtype), x_t)
         return mean + nonzero * variance.sqrt() * noise
 
+    def ddim_step(self, eps: torch.Tensor, t: int | torch.Tensor, t_prev: int, x_t: torch.Tensor) -> torch.Tensor:
+        """One deterministic DDIM step (eta = 0) from step t to step ``t_prev`` < t (-1: to x_0):
+        x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps, with abar_{-1} = 1 and x0_hat from
+        ``predict_x0`` (clipped like ``step``). No noise is drawn, so a chunk is a function of x_T."""
+        if not torch.is_tensor(t) or t.dim() == 0:
+            t = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
+        x0 = self.predict_x0(x_t, t, eps)
+        abar_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else torch.ones((), device=x_t.device)
+        return abar_prev.sqrt() * x0 + (1.0 - abar_prev).sqrt() * eps
+
+    def inference_timesteps(self, num_inference_steps: int | None = None) -> list[int]:
+        """DDIM's steps, from T-1 down, spaced by T / n ("trailing", so the first is pure noise);
+        ``None`` = all T steps."""
+        n = self.num_steps if num_inference_steps is None else num_inference_steps
+        if not (isinstance(n, int) and 1 <= n <= self.num_steps):
+            raise ValueError(f"num_inference_steps={num_inference_steps!r}: must be an int in [1, {self.num_steps}]")
+        return [int(round(self.num_steps - i * self.num_steps / n)) - 1 for i in range(n)]
+
     @torch.no_grad()
     def sample(self, eps_model: EpsModel, shape: tuple[int, ...], device=None,
-               generator=None, dtype=torch.float32) -> torch.Tensor:
-        """Ancestral sampling: x_T ~ N(0, I), then T steps of eq. 3 -> x_0 of ``shape``."""
+               generator=None, dtype=torch.float32, sampler: str = "ddpm",
+               num_inference_steps: int | None = None) -> torch.Tensor:
+        """x_T ~ N(0, I), then to x_0 of ``shape``: ``sampler="ddpm"``, T ancestral steps of eq. 3;
+        ``"ddim"``, ``num_inference_steps`` deterministic steps (``ddim_step``, all T if None)."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler={sampler!r}: must be one of {SAMPLERS}")
+        if sampler == "ddpm" and num_inference_steps not in (None, self.num_steps):
+            raise ValueError(f"num_inference_steps={num_inference_steps} needs sampler='ddim' (DDPM takes all {self.num_steps})")
         x = torch.randn(shape, generator=generator, dtype=dtype,
                         device=_generator_device(generator, device)).to(device)
-        for t in reversed(range(self.num_steps)):
+        timesteps = list(reversed(range(self.num_steps))) if sampler == "ddpm" else self.inference_timesteps(num_inference_steps)
+        for i, t in enumerate(timesteps):
             steps = torch.full((shape[0],), t, device=x.device, dtype=torch.long)
             eps = self.to_eps(eps_model(x, steps).to(x.dtype), x, steps)
-            x = self.step(eps, steps, x, generator=generator)
+            if sampler == "ddpm":
+                x = self.step(eps, steps, x, generator=generator)
+            else:
+                x = self.ddim_step(eps, steps, timesteps[i + 1] if i + 1 < len(timesteps) else -1, x)
         return x

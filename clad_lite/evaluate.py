@@ -110,6 +110,7 @@ from pathlib import Path
 import numpy as np
 
 from clad_lite.configuration_clad import WEIGHTS, resolve_weights
+from clad_lite.ddpm import SAMPLERS
 from clad_lite.grasp_log import GraspLog, grasp_counts
 from clad_lite.state_oracle import SIM_STATE, StateObservation
 
@@ -556,7 +557,9 @@ class Agent:
                 foresight = (f.proprio.float(), f.semantic.float())
             self.last_foresight = foresight
             chunk = self.policy.sample_actions(batch, foresight=foresight, generator=generator,
-                                               num_samples=int(self.spec.get("action_samples") or 1))
+                                               num_samples=int(self.spec.get("action_samples") or 1),
+                                               sampler=self.spec.get("sampler") or "ddpm",
+                                               num_inference_steps=self.spec.get("sampling_steps"))
         return chunk[0].float().cpu().numpy()
 
     def choose(self, t: int, chunks: list[tuple[int, np.ndarray]]) -> np.ndarray:
@@ -818,10 +821,11 @@ def _write_json(path: Path, obj) -> None:
 def _settings_identity(settings: dict) -> dict:
     keys = ("checkpoint", "suite", "max_steps", "warmup_steps", "query_every", "ensemble", "start_actions", "seed",
             "encoder_hash", "fast_reset", "gripper_reset", "weights", "gripper_hysteresis", "action_samples",
-            "start_demos")
+            "start_demos", "sampler", "sampling_steps")
     identity = {k: settings.get(k) for k in keys}
     # options absent from evaluations written before they existed: left out at their neutral value
-    for key, neutral in (("gripper_hysteresis", None), ("action_samples", 1), ("start_demos", None)):
+    for key, neutral in (("gripper_hysteresis", None), ("action_samples", 1), ("start_demos", None),
+                         ("sampler", "ddpm"), ("sampling_steps", None)):
         if identity[key] in (neutral, None):
             identity.pop(key)
     return identity
@@ -877,7 +881,7 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
              protocol="single", seed=None, progress=True, encoder=None, max_steps=None, warmup_steps=None,
              query_every=None, ensemble=False, start_actions="noop", fast_reset=False, device=None,
              weights="auto", gripper_hysteresis=None, action_samples=None, start_from_demos=None,
-             rollout=None) -> dict:
+             sampler="ddpm", sampling_steps=None, rollout=None) -> dict:
     """Evaluate a stage-2 run (``RUN_DIR`` or checkpoint file) on LIBERO; writes and returns results.json.
 
     ``None`` values fall back to the run's profile's ``EvalConfig`` (``episodes``: 20 for
@@ -889,7 +893,9 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
     drawn per query and averaged; default ``eval.action_samples``, 1 = one draw as in the paper; see
     ``ForesightPolicy.sample_actions``), ``start_from_demos`` (a demonstrations folder: episode i starts
     from the first state of its demo i instead of LIBERO's init state i, the imitation check; see
-    ``demo_start_states``), ``device``, ``weights``
+    ``demo_start_states``), ``sampler`` ("ddpm", the paper's ancestral sampling, or "ddim", deterministic
+    steps, not the paper) with ``sampling_steps`` (DDIM's step count; None = all of the policy's T;
+    see ``DDPM.sample``), ``device``, ``weights``
     ("auto": the weight EMA when the run kept one, else the raw weights; "ema"; "raw"), and ``rollout`` (a fake ``job -> record`` function, for tests of the bookkeeping).
     """
     from clad_lite.provenance import device_description, git_sha
@@ -940,6 +946,15 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
     action_samples = int(ev.action_samples if action_samples is None else action_samples)
     if action_samples < 1:
         raise _user_error(f"--action-samples must be >= 1, got {action_samples}")
+    if sampler not in SAMPLERS:
+        raise _user_error(f"--sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampling_steps is not None:
+        sampling_steps = int(sampling_steps)
+        if sampler != "ddim" or not 1 <= sampling_steps <= profile.policy.diffusion_steps:
+            raise _user_error(f"--sampling-steps needs --sampler ddim and a value in 1..{profile.policy.diffusion_steps} "
+                              f"(the policy's diffusion steps), got {sampling_steps} with --sampler {sampler}")
+        if sampling_steps == profile.policy.diffusion_steps:
+            sampling_steps = None  # all steps: the same evaluation as leaving it out
     start_demos = None
     if start_from_demos is not None:
         start_demos = str(Path(start_from_demos).resolve())
@@ -954,7 +969,8 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
                 "fast_reset": bool(fast_reset), "gripper_hysteresis": gripper_hysteresis,
                 # resets clear the grippers' command (LiberoEnv._reset): an evaluation begun before is not resumed
                 "gripper_reset": True,
-                "action_samples": action_samples, "start_demos": start_demos, "device": device}
+                "action_samples": action_samples, "start_demos": start_demos, "device": device,
+                "sampler": sampler, "sampling_steps": sampling_steps}
 
     if protocol == "single":
         spec = dict(base, **settings, weights=_used_weights(base, weights))
@@ -1001,6 +1017,7 @@ def evaluate(run_dir, out, *, suite="libero_10", tasks=None, episodes=None, work
                          start_actions=start_actions, fast_reset=bool(fast_reset), weights=spec["weights"],
                          gripper_reset=settings["gripper_reset"],
                          gripper_hysteresis=gripper_hysteresis, action_samples=action_samples,
+                         sampler=sampler, sampling_steps=sampling_steps or profile.policy.diffusion_steps,
                          success="env.check_success() after any policy step",
                          init_states="episode i starts from LIBERO's fixed init state i" if start_demos is None
                          else f"episode i starts from the first state of training demo i in {start_demos} "
@@ -1071,7 +1088,8 @@ def run(args) -> int:
                        query_every=args.query_every, ensemble=args.ensemble, start_actions=args.start_actions,
                        fast_reset=args.fast_reset, device=args.device, weights=args.weights,
                        gripper_hysteresis=args.gripper_hysteresis, action_samples=args.action_samples,
-                       start_from_demos=args.start_from_demos)
+                       start_from_demos=args.start_from_demos, sampler=args.sampler,
+                       sampling_steps=args.sampling_steps)
     rows = [f"{t['task_id']:>4}  {t['successes']:>3}/{t['episodes']:<3} {100 * (t['rate'] or 0):5.1f}%  "
             f"[{100 * t['ci95'][0]:5.1f}, {100 * t['ci95'][1]:5.1f}]  {t['instruction']}" for t in results["per_task"]]
     print(f"{results['suite']} ({results['profile']} profile, protocol {results['protocol']['name']}):")
@@ -1110,6 +1128,10 @@ def register(subparsers) -> None:
                         help="latch the gripper at ±1, flipping only when the command passes ±H (default: off)")
     parser.add_argument("--action-samples", type=int, default=None, metavar="N",
                         help="chunks drawn per query and averaged (default: eval.action_samples; 1 = one draw, the paper)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                        help="ddpm: the paper's ancestral sampling (eq. 3); ddim: deterministic DDIM steps (eta = 0)")
+    parser.add_argument("--sampling-steps", type=int, default=None, metavar="N",
+                        help="DDIM steps per chunk (with --sampler ddim; default: all of policy.diffusion_steps)")
     parser.add_argument("--start-from-demos", default=None, metavar="DATA",
                         help="imitation check: start episode i from the first state of training demo i in DATA "
                              "instead of LIBERO's fixed init state i")

@@ -159,8 +159,12 @@ class ForesightPolicy(nn.Module):
     def sample_actions(self, obs: dict, foresight: Foresight | tuple | None = None,
                        clad: CLaD | None = None,
                        generator: torch.Generator | None = None,
-                       num_samples: int = 1) -> torch.Tensor:
+                       num_samples: int = 1, sampler: str = "ddpm",
+                       num_inference_steps: int | None = None) -> torch.Tensor:
         """Reverse diffusion (eq. 3) from N(0, I) -> action chunk (B, L, A) in [-1, 1].
+
+        ``sampler="ddim"`` (not the paper) replaces the T ancestral steps by ``num_inference_steps``
+        deterministic DDIM steps (``DDPM.sample``): the same trained network, no noise after x_T.
 
         ``num_samples`` = N > 1 draws N chunks per observation in one batched pass (B * N) and
         returns their mean: an estimate of E[a^{t:t+tau} | c] instead of one draw. Not the paper's
@@ -176,7 +180,8 @@ class ForesightPolicy(nn.Module):
             cond = cond.repeat_interleave(num_samples, dim=0)                # (B * N, C)
         shape = (cond.shape[0], self.config.chunk_length, self.config.action_dim)
         actions = self.ddpm.sample(lambda a_k, k: self.eps_net(a_k, k, cond), shape,
-                                   device=cond.device, generator=generator)
+                                   device=cond.device, generator=generator, sampler=sampler,
+                                   num_inference_steps=num_inference_steps)
         if num_samples > 1:
             actions = rearrange(actions, "(b n) t a -> b n t a", b=batch).mean(dim=1)
         return actions.float().clamp(-1.0, 1.0)

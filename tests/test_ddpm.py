@@ -146,3 +146,45 @@ def test_ddpm_fits_eight_gaussians():
     close, smallest, largest = quality(net)
     assert close >= 0.8, close
     assert 0.05 <= smallest and largest <= 0.2, (smallest, largest)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample"])
+@pytest.mark.parametrize("num_inference_steps", [25, 5])
+def test_ddim_sampling_matches_diffusers(prediction, num_inference_steps):
+    """sampler="ddim": the same timesteps and every deterministic step as diffusers' DDIMScheduler
+    (eta = 0, "trailing" spacing, clipped x_0), for both network outputs and a subset of the steps."""
+    T = 25
+    ours = DDPM(T, "cosine", prediction=prediction)
+    ref = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=True,
+                                  clip_sample_range=1.0, prediction_type=prediction, timestep_spacing="trailing")
+    ref.set_timesteps(num_inference_steps)
+    assert ours.inference_timesteps(num_inference_steps) == ref.timesteps.tolist()
+    assert ours.inference_timesteps()[0] == T - 1 and ours.inference_timesteps(5)[-1] == 4
+
+    weight = torch.randn(7, 7, generator=torch.Generator().manual_seed(3))
+    model = lambda x, k: torch.tanh(x @ weight) * (1 + k.float().view(-1, 1, 1) / T)   # any smooth function of (x_t, k)
+    got = ours.sample(model, (4, 6, 7), generator=torch.Generator().manual_seed(0), sampler="ddim",
+                      num_inference_steps=num_inference_steps)
+    x = torch.randn((4, 6, 7), generator=torch.Generator().manual_seed(0))
+    for t in ref.timesteps:
+        x = ref.step(model(x, torch.full((4,), int(t))), int(t), x, eta=0.0).prev_sample
+    torch.testing.assert_close(got, x, rtol=1e-4, atol=1e-4)
+
+
+def test_ddim_is_deterministic_given_x_T_and_checks_its_arguments():
+    ours = DDPM(25, "cosine", prediction="sample")
+    model = lambda x, k: 0.5 * torch.sin(3 * x)
+    draw = lambda seed: ours.sample(model, (3, 6, 7), generator=torch.Generator().manual_seed(seed), sampler="ddim")
+    torch.testing.assert_close(draw(0), draw(0))
+    assert not torch.allclose(draw(0), draw(1))          # the chunk is still a function of x_T
+    # one DDIM step from pure noise with an x_0 oracle lands on x_0
+    x0 = torch.rand(3, 6, 7) * 2 - 1
+    out = ours.sample(lambda x, k: x0, (3, 6, 7), generator=torch.Generator().manual_seed(2), sampler="ddim",
+                      num_inference_steps=1)
+    torch.testing.assert_close(out, x0, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="sampler"):
+        ours.sample(model, (1, 6, 7), sampler="euler")
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        ours.sample(model, (1, 6, 7), sampler="ddim", num_inference_steps=26)
+    with pytest.raises(ValueError, match="needs sampler='ddim'"):
+        ours.sample(model, (1, 6, 7), num_inference_steps=5)
