@@ -29,7 +29,7 @@ from clad_lite.evaluate import EPISODES_NAME, RESULTS_NAME, Z95, _user_error, re
 
 # protocol settings that describe *how* an evaluation ran; printed when A and B differ
 _SETTING_KEYS = ("checkpoint", "step", "max_steps", "query_every", "temporal_ensembling", "start_actions",
-                 "weights", "gripper_hysteresis", "action_samples", "init_states")
+                 "weights", "gripper_hysteresis", "action_samples", "sampler", "sampling_steps", "init_states")
 
 
 def newcombe_paired_interval(both: int, only_a: int, only_b: int, neither: int, z: float = Z95) -> tuple[float, float]:

@@ -211,6 +211,8 @@ def _run_settings(results: dict) -> dict:
             # how each executed chunk was drawn: the mean of N draws (eval --action-samples), and what the
             # denoiser predicts (policy.prediction); files from before either field: one draw of an eps model
             "action_samples": int(protocol.get("action_samples", 1)),
+            # DDPM's ancestral steps (the paper; files from before the field) or deterministic DDIM (eval --sampler)
+            "sampler": protocol.get("sampler", "ddpm"), "sampling_steps": protocol.get("sampling_steps"),
             "gripper_hysteresis": protocol.get("gripper_hysteresis"),
             # a query every q < tau steps executes only the first q actions of each chunk (eval --query-every)
             "query_every": protocol.get("query_every"),
@@ -262,6 +264,7 @@ def runs_table(runs: dict, profile_name: str) -> str:
         weights = f"EMA {s['ema_decay']:g}" if s["weights"] == "ema" else "raw"
         sampling = ("x0-pred, " if s["prediction"] == "sample" else "") + (
             f"mean of {s['action_samples']} draws" if s["action_samples"] > 1 else "1 draw") + (
+            f", DDIM {s['sampling_steps']} steps" if s["sampler"] == "ddim" else "") + (
             f", gripper latch {s['gripper_hysteresis']:g}" if s["gripper_hysteresis"] is not None else "") + (
             f", query every {s['query_every']}" if s["query_every"] not in (None, s["replan_every"]) else "") + (
             ", temporal ensembling" if s["ensemble"] else "")

@@ -439,6 +439,45 @@ def test_action_samples_reach_the_policy_and_are_recorded(tmp_path):
                  rollout=fake_rollout(calls))
 
 
+def test_sampler_reaches_the_policy_and_is_recorded(tmp_path):
+    """--sampler ddim [--sampling-steps N]: the Agent samples with DDIM; results.json records the sampler and its
+    step count, an older (DDPM) evaluation folder is not resumed with DDIM, and bad combinations are clear errors."""
+    from clad_lite.cli import UserError
+    from clad_lite.evaluate import Agent, load_run
+
+    torch.set_num_threads(1)
+    run_dir = make_tiny_run(tmp_path / "r", foresight="none")
+    seen = []
+    original = Agent.__init__
+
+    class Recording(Agent):
+        def __init__(self, spec):
+            original(self, spec)
+            sample = self.policy.sample_actions
+            self.policy.sample_actions = lambda *a, **k: (seen.append((k["sampler"], k["num_inference_steps"])),
+                                                          sample(*a, **k))[1]
+
+    plan = lambda agent: agent.plan(0, [np.zeros(16, np.float32)], {0: np.zeros(128, np.float32)}, [],
+                                    np.zeros(64, np.float32), torch.Generator().manual_seed(0))
+    plan(Recording(dict(load_run(run_dir), device="cpu")))
+    plan(Recording(dict(load_run(run_dir), device="cpu", sampler="ddim", sampling_steps=5)))
+    assert seen == [("ddpm", None), ("ddim", 5)]
+    calls: list = []
+    ddpm = evaluate(run_dir, tmp_path / "e", tasks="0", episodes=1, progress=False, rollout=fake_rollout(calls))
+    steps = load_run(run_dir)["config"]["policy"]["diffusion_steps"]
+    assert (ddpm["protocol"]["sampler"], ddpm["protocol"]["sampling_steps"]) == ("ddpm", steps)
+    assert "sampler" not in json.loads((tmp_path / "e" / "eval_config.json").read_text())
+    ddim = evaluate(run_dir, tmp_path / "d", tasks="0", episodes=1, progress=False, sampler="ddim", sampling_steps=5,
+                    rollout=fake_rollout(calls))
+    assert (ddim["protocol"]["sampler"], ddim["protocol"]["sampling_steps"]) == ("ddim", 5)
+    with pytest.raises(UserError, match="other settings"):
+        evaluate(run_dir, tmp_path / "e", tasks="0", episodes=1, progress=False, sampler="ddim",
+                 rollout=fake_rollout(calls))
+    for bad in ({"sampler": "euler"}, {"sampling_steps": 5}, {"sampler": "ddim", "sampling_steps": steps + 1}):
+        with pytest.raises(UserError, match="sampl"):
+            evaluate(run_dir, tmp_path / "bad", tasks="0", episodes=1, progress=False, rollout=fake_rollout(calls), **bad)
+
+
 def test_start_from_demos_reads_each_tasks_first_demo_states(tmp_path):
     """--start-from-demos DATA: episode i of task k starts from states[0] of demo i of task k's file; the protocol
     says so, the settings identity keeps it apart, and too few demos or a missing task are clear errors."""

@@ -54,7 +54,7 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
 
     def write(name, ks, foresight, steps, weights=None, proprio=None, data=None, samples=None, prediction=None,
               past_actions=None, latch=None, query_every=None, obs_noise=None, cond_injection=None,
-              extra_actions=None, dropout=None, seed=None, ensemble=False):
+              extra_actions=None, dropout=None, seed=None, ensemble=False, sampler=None):
         policy = dict({"foresight": foresight}, **({"prediction": prediction} if prediction else {}),
                       **({"past_actions": past_actions} if past_actions is not None else {}),
                       **({"obs_noise": obs_noise} if obs_noise is not None else {}),
@@ -69,7 +69,8 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
         protocol = dict({"weights": weights} if weights else {}, **({"action_samples": samples} if samples else {}),
                         **({"gripper_hysteresis": latch} if latch else {}),
                         **({"query_every": query_every, "replan_every": 6} if query_every else {}),
-                        **({"temporal_ensembling": True} if ensemble else {}))
+                        **({"temporal_ensembling": True} if ensemble else {}),
+                        **(dict(zip(("sampler", "sampling_steps"), sampler)) if sampler else {}))
         if protocol:
             results["protocol"] = protocol
         (folder / f"libero_10_cpu{name}.json").write_text(json.dumps(results))
@@ -84,9 +85,9 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     write("_stage2_40k_x0_past", (3, 4), "both", 40_000, prediction="sample", past_actions=True, latch=0.5)
     write("_stage2_40k_x0_fb", (6, 4), "both", 40_000, prediction="sample",
           data={"expert_motion": "feedback", "demos_per_task": 100, "recovery_demos": 25, "dagger_demos": 10})
-    write("_stage2_40k_x0_q3", (2, 4), "both", 40_000, prediction="sample", query_every=3)
+    write("_stage2_40k_x0_q3", (2, 4), "both", 40_000, prediction="sample", query_every=3, sampler=("ddim", 5))
     write("_stage2_40k_x0_q6", (2, 5), "both", 40_000, prediction="sample", query_every=6,  # = tau: not shown
-          ensemble=True)
+          ensemble=True, sampler=("ddpm", 25))  # the paper's sampler: not shown
     write("_stage2_40k_x0_noise", (4, 5), "both", 40_000, prediction="sample", obs_noise=0.1, extra_actions=0,
           dropout=0.0, seed=3407)  # the defaults: not shown
     write("_stage2_40k_x0_noise_drop", (3, 5), "both", 40_000, prediction="sample", obs_noise=0.1, dropout=0.1,
@@ -114,7 +115,7 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     assert "`stage2_40k_x0_noise` | CLaD, obs. noise 0.1 | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 45.0%" in lines[11]
     assert "`stage2_40k_x0_noise_drop` | CLaD, obs. noise 0.1, dropout 0.1, stage-2 seed 1 | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 40.0%" in lines[12]
     assert "`stage2_40k_x0_past` | CLaD + past actions | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, gripper latch 0.5 | 35.0%" in lines[13]
-    assert "`stage2_40k_x0_q3` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, query every 3 | 30.0%" in lines[14]
+    assert "`stage2_40k_x0_q3` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, DDIM 5 steps, query every 3 | 30.0%" in lines[14]
     assert "`stage2_40k_x0_q6` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, temporal ensembling | 35.0%" in lines[15]
 
 
