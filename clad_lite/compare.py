@@ -32,6 +32,16 @@ _SETTING_KEYS = ("checkpoint", "step", "max_steps", "query_every", "temporal_ens
                  "weights", "gripper_hysteresis", "action_samples", "sampler", "sampling_steps", "init_states")
 
 
+def _protocol_settings(results: dict) -> dict:
+    """results.json's protocol, with the sampler that files from before ``eval --sampler`` used: DDPM's
+    ancestral steps, all of the policy's diffusion steps."""
+    protocol = dict(results.get("protocol", {}))
+    if "sampler" not in protocol:
+        protocol["sampler"] = "ddpm"
+        protocol["sampling_steps"] = results.get("provenance", {}).get("config", {}).get("policy", {}).get("diffusion_steps")
+    return protocol
+
+
 def newcombe_paired_interval(both: int, only_a: int, only_b: int, neither: int, z: float = Z95) -> tuple[float, float]:
     """Newcombe's method-10 interval for p_b - p_a from a paired 2x2 table of counts."""
     n = both + only_a + only_b + neither
@@ -138,7 +148,7 @@ def compare(path_a, path_b) -> dict:
         pairs = [(outcome_a[k], outcome_b[k]) for k in keys if k[0] == task]
         per_task.append({"task_id": task, **paired_counts(pairs)})
     pooled = paired_counts([(outcome_a[k], outcome_b[k]) for k in keys])
-    settings_a, settings_b = results_a.get("protocol", {}), results_b.get("protocol", {})
+    settings_a, settings_b = (_protocol_settings(r) for r in (results_a, results_b))
     differences = {key: [settings_a.get(key), settings_b.get(key)] for key in _SETTING_KEYS
                    if settings_a.get(key) != settings_b.get(key)}
     # and how the two policies were made: the profile values (section.key) that differ

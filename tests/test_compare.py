@@ -74,6 +74,15 @@ def test_compare_pairs_by_task_and_episode(tmp_path):
     assert report["settings_that_differ"] == {"gripper_hysteresis": [None, 0.5], "policy.prediction": ["epsilon", "sample"]}
 
 
+def test_an_evaluation_from_before_the_sampler_option_counts_as_ddpm(tmp_path):
+    outcomes = {(0, 0): False, (0, 1): True}
+    old = write_eval(tmp_path / "old", outcomes)
+    ddpm = write_eval(tmp_path / "ddpm", outcomes, sampler="ddpm", sampling_steps=None)
+    ddim = write_eval(tmp_path / "ddim", outcomes, sampler="ddim", sampling_steps=5)
+    assert compare(old, ddpm)["settings_that_differ"] == {}
+    assert compare(old, ddim)["settings_that_differ"] == {"sampler": ["ddpm", "ddim"], "sampling_steps": [None, 5]}
+
+
 def test_compare_refuses_unpairable_evaluations(tmp_path):
     a = write_eval(tmp_path / "a", {(0, 0): True})
     demos = write_eval(tmp_path / "demos", {(0, 0): True}, init_states="episode i starts from training demo i")
