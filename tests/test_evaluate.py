@@ -403,27 +403,29 @@ def test_goal_counts_per_predicate():
     assert goal_counts([record((True,), (True,), goals=("In(a, b)",)), records[0]]) == []
 
 
+def plan_once(spec: dict) -> list[dict]:
+    """The keyword arguments with which an Agent of ``spec`` calls ``policy.sample_actions`` for one chunk
+    (a tiny run's 16-D proprio and 128-D vision, all zeros)."""
+    from clad_lite.evaluate import Agent
+
+    agent, seen = Agent(spec), []
+    sample = agent.policy.sample_actions
+    agent.policy.sample_actions = lambda *a, **k: (seen.append(k), sample(*a, **k))[1]
+    agent.plan(0, [np.zeros(16, np.float32)], {0: np.zeros(128, np.float32)}, [], np.zeros(64, np.float32),
+               torch.Generator().manual_seed(0))
+    return seen
+
+
 def test_action_samples_reach_the_policy_and_are_recorded(tmp_path):
     """--action-samples N: the Agent averages N draws per query; results.json and the settings identity
     record N, and an evaluation folder of one-draw rollouts (written before the option) still matches N = 1."""
     from clad_lite.cli import UserError
-    from clad_lite.evaluate import Agent, load_run
+    from clad_lite.evaluate import load_run
 
     torch.set_num_threads(1)
     run_dir = make_tiny_run(tmp_path / "r", foresight="none")
-    seen = []
-    original = Agent.__init__
-
-    class Recording(Agent):
-        def __init__(self, spec):
-            original(self, spec)
-            sample = self.policy.sample_actions
-            self.policy.sample_actions = lambda *a, **k: (seen.append(k["num_samples"]), sample(*a, **k))[1]
-
-    agent = Recording(dict(load_run(run_dir), device="cpu", action_samples=4))
-    agent.plan(0, [np.zeros(16, np.float32)], {0: np.zeros(128, np.float32)}, [], np.zeros(64, np.float32),
-               torch.Generator().manual_seed(0))
-    assert seen == [4]
+    seen = plan_once(dict(load_run(run_dir), device="cpu", action_samples=4))
+    assert [k["num_samples"] for k in seen] == [4]
     calls: list = []
     one = evaluate(run_dir, tmp_path / "e1", tasks="0", episodes=1, progress=False, rollout=fake_rollout(calls))
     assert one["protocol"]["action_samples"] == 1
@@ -443,25 +445,13 @@ def test_sampler_reaches_the_policy_and_is_recorded(tmp_path):
     """--sampler ddim [--sampling-steps N]: the Agent samples with DDIM; results.json records the sampler and its
     step count, an older (DDPM) evaluation folder is not resumed with DDIM, and bad combinations are clear errors."""
     from clad_lite.cli import UserError
-    from clad_lite.evaluate import Agent, load_run
+    from clad_lite.evaluate import load_run
 
     torch.set_num_threads(1)
     run_dir = make_tiny_run(tmp_path / "r", foresight="none")
-    seen = []
-    original = Agent.__init__
-
-    class Recording(Agent):
-        def __init__(self, spec):
-            original(self, spec)
-            sample = self.policy.sample_actions
-            self.policy.sample_actions = lambda *a, **k: (seen.append((k["sampler"], k["num_inference_steps"])),
-                                                          sample(*a, **k))[1]
-
-    plan = lambda agent: agent.plan(0, [np.zeros(16, np.float32)], {0: np.zeros(128, np.float32)}, [],
-                                    np.zeros(64, np.float32), torch.Generator().manual_seed(0))
-    plan(Recording(dict(load_run(run_dir), device="cpu")))
-    plan(Recording(dict(load_run(run_dir), device="cpu", sampler="ddim", sampling_steps=5)))
-    assert seen == [("ddpm", None), ("ddim", 5)]
+    seen = plan_once(dict(load_run(run_dir), device="cpu")) + plan_once(
+        dict(load_run(run_dir), device="cpu", sampler="ddim", sampling_steps=5))
+    assert [(k["sampler"], k["num_inference_steps"]) for k in seen] == [("ddpm", None), ("ddim", 5)]
     calls: list = []
     ddpm = evaluate(run_dir, tmp_path / "e", tasks="0", episodes=1, progress=False, rollout=fake_rollout(calls))
     steps = load_run(run_dir)["config"]["policy"]["diffusion_steps"]
