@@ -236,10 +236,16 @@ def _run_settings(results: dict) -> dict:
             "git": (provenance.get("git_sha") or MISSING)[:7]}
 
 
+def _ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def _vision_label(settings: dict) -> str:
     source = "sim state (oracle)" if settings["vision"] == "sim_state" else settings["vision"]
     stride = settings["window_stride"]
-    label = source if stride is None else f"{source} (every {'step' if stride == 1 else f'{stride}th step'})"
+    label = source if stride is None else f"{source} (every {'step' if stride == 1 else f'{_ordinal(stride)} step'})"
     label += f", {settings['expert_motion']}-expert demos" if settings["expert_motion"] != "min_jerk" else ""
     label += f", {settings['demos_per_task']} demos/task" if settings["demos_per_task"] != 50 else ""
     label += f", + {settings['recovery_demos']} recovery demos/task" if settings["recovery_demos"] else ""

@@ -84,7 +84,8 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     write("_stage2_40k_x0", (7, 4), "both", 40_000, samples=8, prediction="sample")
     write("_stage2_40k_x0_past", (3, 4), "both", 40_000, prediction="sample", past_actions=True, latch=0.5)
     write("_stage2_40k_x0_fb", (6, 4), "both", 40_000, prediction="sample",
-          data={"expert_motion": "feedback", "demos_per_task": 100, "recovery_demos": 25, "dagger_demos": 10})
+          data={"expert_motion": "feedback", "demos_per_task": 100, "recovery_demos": 25, "dagger_demos": 10,
+                "image_stride": 3})
     write("_stage2_40k_x0_q3", (2, 4), "both", 40_000, prediction="sample", query_every=3, sampler=("ddim", 5))
     write("_stage2_40k_x0_q6", (2, 5), "both", 40_000, prediction="sample", query_every=6,  # = tau: not shown
           ensemble=True, sampler=("ddpm", 25))  # the paper's sampler: not shown
@@ -110,13 +111,18 @@ def test_runs_table_reads_settings_from_provenance(tmp_path):
     assert "`stage2_40k_ema` | CLaD | paper (16-D) | encoder | 40K x 64 | EMA 0.999 | 1 draw | 40.0%" in lines[6] and "| 5,3 |" in lines[6]
     assert "`stage2_40k_mean8` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | mean of 8 draws | 50.0%" in lines[7]
     assert "`stage2_40k_x0` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, mean of 8 draws | 55.0%" in lines[8]
-    assert "`stage2_40k_x0_fb` | CLaD | paper (16-D) | encoder, feedback-expert demos, 100 demos/task, + 25 recovery demos/task, + 10 on-policy (DAgger) demos/task | 40K x 64 | raw | x0-pred, 1 draw | 50.0%" in lines[9]
+    assert "`stage2_40k_x0_fb` | CLaD | paper (16-D) | encoder (every 3rd step), feedback-expert demos, 100 demos/task, + 25 recovery demos/task, + 10 on-policy (DAgger) demos/task | 40K x 64 | raw | x0-pred, 1 draw | 50.0%" in lines[9]
     assert "`stage2_40k_x0_film` | CLaD, FiLM per block, chunk 12 (first 6 executed) | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 50.0%" in lines[10]
     assert "`stage2_40k_x0_noise` | CLaD, obs. noise 0.1 | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 45.0%" in lines[11]
     assert "`stage2_40k_x0_noise_drop` | CLaD, obs. noise 0.1, dropout 0.1, stage-2 seed 1 | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw | 40.0%" in lines[12]
     assert "`stage2_40k_x0_past` | CLaD + past actions | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, gripper latch 0.5 | 35.0%" in lines[13]
     assert "`stage2_40k_x0_q3` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, DDIM 5 steps, query every 3 | 30.0%" in lines[14]
     assert "`stage2_40k_x0_q6` | CLaD | paper (16-D) | encoder | 40K x 64 | raw | x0-pred, 1 draw, temporal ensembling | 35.0%" in lines[15]
+
+
+def test_window_spacing_reads_as_an_ordinal():
+    assert [reports._ordinal(n) for n in (1, 2, 3, 4, 6, 11, 12, 13, 21, 22, 23, 112)] == [
+        "1st", "2nd", "3rd", "4th", "6th", "11th", "12th", "13th", "21st", "22nd", "23rd", "112th"]
 
 
 def test_runs_figure_orders_runs_and_marks_the_oracle():
